@@ -1,0 +1,16 @@
+"""perdure: durable AI-agent runs on pydantic-ai.
+
+Every model request and tool call of a run is journaled; after an exception, a `kill -9` or a
+deploy the run resumes where it stopped, in any process, without paying again for finished model
+calls and without repeating finished tool calls.
+"""
+
+from __future__ import annotations
+
+from .agent import Agent, Task, tool
+from .durable import DurableExecution, PerdureDurability
+from .errors import PerdureError
+
+__all__ = ["Agent", "DurableExecution", "PerdureDurability", "PerdureError", "Task", "tool"]
+
+__version__ = "0.1.0"

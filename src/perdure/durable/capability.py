@@ -1,0 +1,120 @@
+"""perdure as a pydantic-ai durability engine.
+
+`PerdureDurability` subclasses pydantic-ai's public `BaseDurabilityCapability`: pydantic-ai turns
+every model request and tool call of an agent into a durable operation and hands it to the backend
+returned here, which routes it through the current `JournalRun`. Outside an execution (no run
+installed) the agent behaves exactly like a plain pydantic-ai agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic_ai import RunContext
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    DurabilityEngineSpec,
+    DurableOperationBackend,
+    DurableOperationId,
+    JournalCallableOperationBackend,
+    ModelRequestId,
+    RoleBasedOperationConfig,
+    ToolsetCallToolId,
+    ToolsetValidateToolArgumentsId,
+    conversation_id_from_run_id,
+)
+from pydantic_ai.tools import AgentDepsT
+
+from ..records import StepKind
+from .journal import UnitIdentity, current_run, serialization_failure
+
+__all__ = ["PerdureDurability", "StepConfig"]
+
+StepConfig = dict[str, Any]
+"""Per-unit configuration (reserved for retry and idempotency policies)."""
+
+
+def _unit_identity(operation_id: DurableOperationId, name: str, cache_key: tuple[object, ...]) -> UnitIdentity:
+    ctx = next((item for item in cache_key if isinstance(item, RunContext)), None)
+    tool_call_id = ctx.tool_call_id if ctx is not None else None
+    if isinstance(operation_id, ModelRequestId):
+        return UnitIdentity(StepKind.MODEL_REQUEST, "model_request", "model")
+    if isinstance(operation_id, ToolsetCallToolId):
+        tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name.rsplit(":", 1)[-1]
+        return UnitIdentity(StepKind.TOOL_CALL, f"tool:{tool_name}", f"tool:{tool_name}", tool_call_id)
+    if isinstance(operation_id, ToolsetValidateToolArgumentsId):
+        tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name
+        return UnitIdentity(StepKind.OTHER, f"validate:{tool_name}", "validate", tool_call_id)
+    return UnitIdentity(StepKind.OTHER, name, name)
+
+
+class _JournalBackend(JournalCallableOperationBackend[StepConfig]):
+    """Runs each durable unit through the current execution's journal."""
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: StepConfig,
+    ) -> object:
+        run = current_run()
+        if run is None:  # pragma: no cover - the capability only dispatches inside an execution
+            return await body()
+        return await run.run_unit(_unit_identity(operation_id, name, cache_key), body)
+
+
+class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
+    """Capability that makes any pydantic-ai agent durable with perdure.
+
+    Add it to an agent (`Agent(..., name="x", capabilities=[PerdureDurability()])`) and run the
+    agent through `DurableExecution.run_agent(...)`; the agent needs a stable `name`, which names its
+    journaled units.
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="perdure",
+        durable_unit_noun="step",
+        durable_container_noun="execution",
+        codec=JSON_CODEC,
+        serialization_failure=serialization_failure,
+        wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        toolset_lifecycles={"function": "enter-always", "mcp": "enter-in-durable-unit", "dynamic": "enter-never"},
+        journal_discovery=True,
+        # Journal order must be deterministic for ordinal keys, so tools of one response run in order.
+        sequential_tools_in_durable_context=True,
+        tool_config_key="perdure",
+    )
+
+    @property
+    def in_durable_context(self) -> bool:
+        """Inside an execution attempt started by `DurableExecution`."""
+        return current_run() is not None
+
+    def get_default_run_id(self) -> str | None:
+        """The execution id, so a replayed run carries the same `run_id` on its messages."""
+        run = current_run()
+        return run.execution_id if run is not None else None
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        """Stable conversation id derived from the execution id."""
+        return conversation_id_from_run_id(run_id) if self.in_durable_context else None
+
+    async def get_run_start_time(self, run_id: str) -> datetime | None:
+        """Count `timeout=` from when the execution first started, not from the resume."""
+        run = current_run()
+        return run.head.created_at if run is not None else None
+
+    def get_durable_operation_backend(self) -> DurableOperationBackend[StepConfig]:
+        """The backend that journals this agent's units."""
+        base: StepConfig = {}
+        return _JournalBackend(
+            agent_name=self.name,
+            default_model_id=self.default_model_id,
+            config=RoleBasedOperationConfig(model=base, event=base, capability=base, tool=base),
+        )

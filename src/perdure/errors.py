@@ -1,0 +1,189 @@
+"""Typed errors raised by perdure.
+
+Every error names the execution (and the step, where there is one) and says what to do next,
+because the person reading it is usually an operator looking at a failed run in a log, not the
+author of the code. All errors keep their fields through `pickle`, so they survive process pools
+and task queues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CorruptRecordError",
+    "ExecutionCompletedError",
+    "ExecutionNotFoundError",
+    "IncompatibleSchemaError",
+    "JournalMismatchError",
+    "PerdureError",
+    "SerializationError",
+    "StepConflictError",
+    "StorageUnavailableError",
+    "ToolNotFoundError",
+    "UserError",
+]
+
+
+class PerdureError(Exception):
+    """Root of every error perdure raises on purpose."""
+
+    def __init__(self, message: str, *, execution_id: str | None = None, step: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.execution_id = execution_id
+        self.step = step
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields are not restored by BaseException's default reduce.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[PerdureError], message: str, state: dict[str, Any]) -> PerdureError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class UserError(PerdureError):
+    """The library was called in a way it does not support; the message says how to call it."""
+
+
+class ExecutionNotFoundError(PerdureError, KeyError):
+    """No execution with this id exists in the storage."""
+
+    def __init__(self, execution_id: str, *, backend: str = "") -> None:
+        where = f" in {backend} storage" if backend else ""
+        super().__init__(
+            f"Execution {execution_id!r} was not found{where}. Check the id (list them with "
+            f"DurableExecution.list_all_executions(storage)) and that you opened the same storage "
+            f"(path, table name or URL) the run was started with.",
+            execution_id=execution_id,
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
+
+
+class ExecutionCompletedError(PerdureError):
+    """Resuming an execution that already completed: there is nothing left to run."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} already completed; it cannot be resumed. Read its output with "
+            f"DurableExecution.get_execution_info({execution_id!r}, storage)['output'], or start a new "
+            f"execution to run the task again.",
+            execution_id=execution_id,
+        )
+
+
+class CorruptRecordError(PerdureError):
+    """A stored record could not be decoded; it is left untouched for inspection."""
+
+    def __init__(self, execution_id: str, detail: str, *, step: str | None = None, location: str = "") -> None:
+        where = f" at {location}" if location else ""
+        part = f" (journal entry {step})" if step else ""
+        super().__init__(
+            f"The stored record of execution {execution_id!r}{part}{where} is corrupt: {detail}. "
+            f"perdure did not modify it. Restore it from a backup, or delete the execution with "
+            f"storage.delete_state({execution_id!r}) and start the task again.",
+            execution_id=execution_id,
+            step=step,
+        )
+        self.detail = detail
+        self.location = location
+
+
+class IncompatibleSchemaError(PerdureError):
+    """A record was written by a newer perdure whose schema this version cannot read."""
+
+    def __init__(self, execution_id: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} was stored with schema version {found}, but this perdure "
+            f"reads versions up to {supported}. Upgrade perdure in this process (the record was left "
+            f"unchanged) and resume again.",
+            execution_id=execution_id,
+        )
+        self.found = found
+        self.supported = supported
+
+
+class SerializationError(PerdureError):
+    """A step's result could not be encoded to JSON, so the step could not be journaled."""
+
+    def __init__(self, execution_id: str, step: str, value_type: str, detail: str) -> None:
+        super().__init__(
+            f"Step {step!r} of execution {execution_id!r} returned a value of type {value_type} that "
+            f"cannot be stored as JSON ({detail}). Return JSON-compatible data (str, int, float, bool, "
+            f"None, lists, dicts, dataclasses or pydantic models) from the tool, then resume the "
+            f"execution: the steps journaled before it will not run again.",
+            execution_id=execution_id,
+            step=step,
+        )
+        self.value_type = value_type
+
+
+class JournalMismatchError(PerdureError):
+    """Replay reached a journaled step that does not match what the code asked for now.
+
+    The agent's code, prompt or tools changed between the original run and the resume, so replaying
+    the journal would hand recorded results to the wrong calls.
+    """
+
+    def __init__(self, execution_id: str, step: str, expected: str, found: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} cannot be replayed: journal step {step} recorded {found!r} but "
+            f"the agent now asked for {expected!r}. Resume with the same task, prompt, tools and agent "
+            f"configuration the execution started with (pass tools=[...] explicitly if they moved), or "
+            f"start a new execution.",
+            execution_id=execution_id,
+            step=step,
+        )
+        self.expected = expected
+        self.found = found
+
+
+class ToolNotFoundError(PerdureError):
+    """A tool the execution used cannot be found when resuming it."""
+
+    def __init__(self, execution_id: str, tool_name: str, detail: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} used tool {tool_name!r}, which cannot be found to resume it: "
+            f"{detail}. Pass the tool explicitly, e.g. agent.continue_durable({execution_id!r}, storage, "
+            f"tools=[{tool_name}]), or define it at module level so its import path resolves.",
+            execution_id=execution_id,
+            step=f"tool:{tool_name}",
+        )
+        self.tool_name = tool_name
+
+
+class StepConflictError(PerdureError):
+    """Another writer stored the same journal step first (two processes ran one execution)."""
+
+    def __init__(self, execution_id: str, seq: int) -> None:
+        super().__init__(
+            f"Journal step {seq} of execution {execution_id!r} was already written by another process. "
+            f"Two workers ran this execution at once; stop one of them and resume the execution from a "
+            f"single process.",
+            execution_id=execution_id,
+            step=str(seq),
+        )
+        self.seq = seq
+
+
+class StorageUnavailableError(PerdureError):
+    """The storage backend could not be reached or refused the write; nothing was half-written."""
+
+    def __init__(self, backend: str, detail: str, *, execution_id: str | None = None) -> None:
+        who = f" for execution {execution_id!r}" if execution_id else ""
+        super().__init__(
+            f"The {backend} storage is unavailable{who}: {detail}. The last journaled step is intact; "
+            f"resume the execution once the storage is reachable again.",
+            execution_id=execution_id,
+        )
+        self.backend = backend
+        self.detail = detail

@@ -1,0 +1,209 @@
+"""The data model every storage backend persists.
+
+An execution has one small *head* record (`ExecutionRecord`), overwritten as the run advances,
+and an append-only *journal* of `StepRecord`s, one per completed durable unit. Writing a step
+costs the size of that step plus the head, never the size of the history, which is why the head
+holds counters and the latest step only and the journal holds the results.
+"""
+
+from __future__ import annotations
+
+import secrets
+import traceback as _traceback
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ErrorInfo",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "ReplayStats",
+    "StepKind",
+    "StepRecord",
+    "TaskSnapshot",
+    "ToolRef",
+    "UsageTotals",
+    "new_execution_id",
+    "utcnow",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the stored record layout; a reader refuses records with a higher version."""
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time; every stored timestamp is UTC."""
+    return datetime.now(UTC)
+
+
+def new_execution_id(now: datetime | None = None) -> str:
+    """Return an id like `20261122135501-a1b2c3d4`: sortable by start time, unique by its random tail."""
+    moment = (now or utcnow()).astimezone(UTC)
+    return f"{moment:%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
+
+class ExecutionStatus(StrEnum):
+    """Status of an execution, with the seed API's meanings."""
+
+    SUCCESS = "success"
+    """The last step succeeded and the run is still in progress (or was interrupted)."""
+    PAUSED = "paused"
+    """The run stopped on purpose and waits for input (for example a human approval)."""
+    FAILED = "failed"
+    """A step raised; `error` says which and why. Resuming retries that step."""
+    COMPLETED = "completed"
+    """The run finished and its output is stored."""
+    CANCELLED = "cancelled"
+    """An operator cancelled the run; it will not be resumed automatically."""
+
+
+class StepKind(StrEnum):
+    """What kind of durable unit a journal entry records."""
+
+    MODEL_REQUEST = "model_request"
+    TOOL_CALL = "tool_call"
+    OTHER = "other"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=False, use_enum_values=False)
+
+
+class ErrorInfo(_Record):
+    """The error a failed step raised: enough for an operator to act without the process's logs."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Capture type (qualified), message and formatted traceback of `exc`."""
+        exc_type = type(exc)
+        name = exc_type.__qualname__
+        if exc_type.__module__ not in ("builtins", "__main__"):
+            name = f"{exc_type.__module__}.{name}"
+        return cls(
+            type=name,
+            message=str(exc),
+            traceback="".join(_traceback.format_exception(exc)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class UsageTotals(_Record):
+    """Model usage of an execution, counted once per journaled unit (replays do not double it)."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ReplayStats(_Record):
+    """What the latest resume took from the journal instead of running again."""
+
+    resumes: int = 0
+    replayed_model_requests: int = 0
+    replayed_tool_calls: int = 0
+    replayed_other: int = 0
+    executed_model_requests: int = 0
+    executed_tool_calls: int = 0
+    tokens_saved: int = 0
+
+    @property
+    def replayed_units(self) -> int:
+        """Units of the latest attempt answered from the journal."""
+        return self.replayed_model_requests + self.replayed_tool_calls + self.replayed_other
+
+
+class ToolRef(_Record):
+    """A tool as recorded with the task: its name and, when it has one, an importable reference."""
+
+    name: str
+    ref: str | None = None
+    """`module:qualname` of a module-level function, used to find the tool again in a new process."""
+
+
+class TaskSnapshot(_Record):
+    """What is needed to run the task again in another process, without pickle."""
+
+    description: str = ""
+    response_format: str | None = None
+    """`module:qualname` of the output type, or None for plain text."""
+    tools: list[ToolRef] = Field(default_factory=list)
+    model: str | None = None
+    """The model as a string (`provider:name`), when it has one."""
+    agent_name: str | None = None
+    instructions: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    """Free-form JSON data the caller attached to the task."""
+
+
+class ExecutionRecord(_Record):
+    """The one head record of an execution, overwritten after every step."""
+
+    execution_id: str
+    status: ExecutionStatus = ExecutionStatus.SUCCESS
+    step_index: int = -1
+    """Journal sequence of the last step written (or of the failing step when `failed`); -1 before any."""
+    step_name: str = ""
+    """`model_request`, `tool:<name>`, ... of that step."""
+    error: ErrorInfo | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    task: TaskSnapshot = Field(default_factory=TaskSnapshot)
+    usage: UsageTotals = Field(default_factory=UsageTotals)
+    replay: ReplayStats = Field(default_factory=ReplayStats)
+    next_seq: int = 0
+    """Number of journal entries; the next entry gets this sequence number."""
+    attempts: int = 0
+    """How many times the execution was started or resumed."""
+    output: Any = None
+    """The final output as JSON data, once `completed`."""
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    schema_version: int = SCHEMA_VERSION
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """The seed API's execution-info dictionary (JSON-compatible values).
+
+        `error` is a one-line string as the seed examples print it; `error_details` carries the type,
+        message and traceback separately.
+        """
+        data = self.model_dump(mode="json")
+        data["timestamp"] = data["updated_at"]
+        data["error"] = str(self.error) if self.error else None
+        data["error_details"] = self.error.model_dump(mode="json") if self.error else None
+        return data
+
+
+class StepRecord(_Record):
+    """One journal entry: a durable unit that finished, with its recorded result."""
+
+    execution_id: str
+    seq: int
+    kind: StepKind
+    name: str
+    """Human-readable step name: `model_request`, `tool:<name>`, or the operation name."""
+    key: str
+    """Replay key, stable across resumes: `model:<n>` or `tool:<tool_call_id>` or `<op>#<n>`."""
+    result: Any = None
+    """The unit's result as JSON data."""
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime = Field(default_factory=utcnow)
+    attempt: int = 1
+    tokens: int = 0
+    """Tokens this unit used (model requests), i.e. what replaying it saves."""

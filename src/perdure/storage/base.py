@@ -1,0 +1,163 @@
+"""The storage contract every backend implements.
+
+Async-first: the engine awaits the `*_async` methods. Each has a synchronous twin with the seed
+API's name (`get_stats()`, `delete_state()`, ...) that also works when an event loop is already
+running in the calling thread.
+
+A backend must make `append_step_async` atomic: the journal entry and the new head are stored
+together or not at all, so a crash at any instant leaves either the old head with the old journal
+or the new head with the new journal. A second writer of the same journal sequence must fail with
+`StepConflictError` rather than overwrite.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from .._sync import run_sync
+from ..errors import UserError
+from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+
+__all__ = ["DurableExecutionStorage", "DurableStorage", "validate_identifier"]
+
+logger = logging.getLogger("perdure.storage")
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def validate_identifier(value: str, what: str) -> str:
+    """Refuse names that would be interpolated into SQL or key names unless they are plain identifiers."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise UserError(
+            f"Invalid {what} {value!r}: use letters, digits and underscores only, starting with a letter "
+            f"or underscore, at most 63 characters."
+        )
+    return value
+
+
+class DurableExecutionStorage(ABC):
+    """Abstract base class of all storage backends (subclass it for a custom backend).
+
+    Implement the abstract `*_async` methods; the sync twins, `get_stats` and `cleanup` helpers are
+    derived from them. Override `get_stats_async`, `list_executions_async` and
+    `cleanup_old_executions_async` when the backend can answer them from an index.
+    """
+
+    backend_name: ClassVar[str] = "custom"
+    """Short name reported by `get_stats()['backend']`."""
+
+    # ---- the contract -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def save_state_async(self, record: ExecutionRecord) -> None:
+        """Create or overwrite the head record of `record.execution_id`."""
+
+    @abstractmethod
+    async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
+        """Return the head record, None when absent; raise `CorruptRecordError` if it is damaged."""
+
+    @abstractmethod
+    async def delete_state_async(self, execution_id: str) -> bool:
+        """Delete the head and journal of an execution; return whether it existed."""
+
+    @abstractmethod
+    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
+        """Atomically append `step` to the journal and store `record` as the new head."""
+
+    @abstractmethod
+    async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
+        """Return the journal of an execution in sequence order (empty when it has none)."""
+
+    @abstractmethod
+    async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
+        """Every readable head record; damaged ones are skipped with a warning."""
+
+    async def close_async(self) -> None:
+        """Release connections and file handles (idempotent)."""
+
+    # ---- derived queries (backends with indexes override) ---------------------------------------
+
+    async def list_executions_async(
+        self, status: ExecutionStatus | str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Head records, most recently updated first, optionally filtered by status."""
+        wanted = ExecutionStatus(status) if status is not None else None
+        heads = [h for h in await self._iter_heads_async() if wanted is None or h.status == wanted]
+        heads.sort(key=lambda h: (h.updated_at, h.execution_id), reverse=True)
+        return heads if limit is None else heads[: max(limit, 0)]
+
+    async def get_stats_async(self) -> dict[str, Any]:
+        """`{"backend", "total_executions", "by_status"}`; `by_status` lists every status."""
+        by_status = {s.value: 0 for s in ExecutionStatus}
+        total = 0
+        for head in await self._iter_heads_async():
+            by_status[head.status.value] += 1
+            total += 1
+        return {"backend": self.backend_name, "total_executions": total, "by_status": by_status}
+
+    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+        """Delete executions last updated more than `older_than_days` ago; return how many."""
+        cutoff = self._cutoff(older_than_days)
+        deleted = 0
+        for head in list(await self._iter_heads_async()):
+            if head.updated_at < cutoff and await self.delete_state_async(head.execution_id):
+                deleted += 1
+        return deleted
+
+    @staticmethod
+    def _cutoff(older_than_days: float) -> datetime:
+        if older_than_days < 0:
+            raise UserError(f"older_than_days must be >= 0, got {older_than_days!r}.")
+        return utcnow() - timedelta(days=older_than_days)
+
+    # ---- sync twins ---------------------------------------------------------------------------
+
+    def save_state(self, record: ExecutionRecord) -> None:
+        """Sync twin of `save_state_async`."""
+        run_sync(self.save_state_async(record))
+
+    def load_state(self, execution_id: str) -> ExecutionRecord | None:
+        """Sync twin of `load_state_async`."""
+        return run_sync(self.load_state_async(execution_id))
+
+    def delete_state(self, execution_id: str) -> bool:
+        """Sync twin of `delete_state_async`."""
+        return run_sync(self.delete_state_async(execution_id))
+
+    def append_step(self, record: ExecutionRecord, step: StepRecord) -> None:
+        """Sync twin of `append_step_async`."""
+        run_sync(self.append_step_async(record, step))
+
+    def load_steps(self, execution_id: str) -> list[StepRecord]:
+        """Sync twin of `load_steps_async`."""
+        return run_sync(self.load_steps_async(execution_id))
+
+    def list_executions(
+        self, status: ExecutionStatus | str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Sync twin of `list_executions_async`."""
+        return run_sync(self.list_executions_async(status, limit))
+
+    def get_stats(self) -> dict[str, Any]:
+        """Sync twin of `get_stats_async`."""
+        return run_sync(self.get_stats_async())
+
+    def cleanup_old_executions(self, older_than_days: float = 7) -> int:
+        """Sync twin of `cleanup_old_executions_async`."""
+        return run_sync(self.cleanup_old_executions_async(older_than_days))
+
+    def close(self) -> None:
+        """Sync twin of `close_async`."""
+        run_sync(self.close_async())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+DurableStorage = DurableExecutionStorage
+"""Alias used in the design documents."""
