@@ -32,9 +32,17 @@ EXECUTION_ID = "demo-" + os.urandom(4).hex()
 
 
 def run_child(mode: str, crash: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEMO_CRASH": crash, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent / "src")])}
+    env = {
+        **os.environ,
+        "DEMO_CRASH": crash,
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent / "src")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", f"import demo_agent; demo_agent.main({mode!r}, {str(DB)!r}, {EXECUTION_ID!r})"],
+        [
+            sys.executable,
+            "-c",
+            f"import demo_agent; demo_agent.main({mode!r}, {str(DB)!r}, {EXECUTION_ID!r})",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -120,7 +128,8 @@ def main() -> int:
     )
     stats = storage.get_stats()
     print(f"\n    storage stats: {stats}")
-    print(f"    inspect it: sqlite3 {DB.relative_to(HERE.parent)} 'select execution_id, status from durable_executions'")
+    query = "select execution_id, status from durable_executions"
+    print(f"    inspect it: sqlite3 {DB.relative_to(HERE.parent)} '{query}'")
     return 0
 
 

@@ -70,7 +70,7 @@ def _model() -> Any:
 
     def on_request(n: int) -> None:
         _log(f"model request {n} sent")
-        if CRASH == f"kill-during-model-request:{n}":
+        if f"kill-during-model-request:{n}" == CRASH:
             _log("SIGKILL while the model request is in flight")
             os.kill(os.getpid(), signal.SIGKILL)
 

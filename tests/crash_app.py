@@ -24,9 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from perdure import Agent, DurableExecution, Task, tool  # noqa: E402
-from perdure.models import ScriptedModel  # noqa: E402
-from perdure.storage import storage_from_url  # noqa: E402
+from perdure import Agent, DurableExecution, Task, tool
+from perdure.models import ScriptedModel
+from perdure.storage import storage_from_url
 
 PROMPT = "Fetch the data from 'database.csv', validate it, transform it and store the results."
 LEDGER = os.environ.get("LEDGER", "")
@@ -42,14 +42,14 @@ def _ledger(event: str) -> None:
 
 
 def _maybe_die(point: str) -> None:
-    if CRASH_AT == point:
+    if point == CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _tool_effect(name: str) -> None:
     time.sleep(float(os.environ.get("SLOW_TOOLS", "0")))
     _maybe_die(f"before:{name}")
-    if CRASH_AT == f"raise:{name}":
+    if f"raise:{name}" == CRASH_AT:
         _ledger(f"fail {name}")
         raise ConnectionError(f"{name}: upstream reset the connection")
     _ledger(f"tool {name}")
@@ -93,7 +93,9 @@ def _model() -> ScriptedModel:
         _ledger(f"model {n}")
         _maybe_die(f"model:{n}")
 
-    return ScriptedModel(calls_per_response=int(os.environ.get("CALLS_PER_RESPONSE", "1")), on_request=on_request)
+    return ScriptedModel(
+        calls_per_response=int(os.environ.get("CALLS_PER_RESPONSE", "1")), on_request=on_request
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,9 @@ SRC = TESTS.parent / "src"
 TOOLS = ["fetch_data", "validate_data", "transform_data", "store_results"]
 
 
-def _run(mode: str, url: str, execution_id: str, ledger: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    mode: str, url: str, execution_id: str, ledger: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
     full_env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC)]),
@@ -39,7 +41,9 @@ def _run(mode: str, url: str, execution_id: str, ledger: Path, **env: str) -> su
         **env,
     }
     # Imported as a module (not __main__) so tools are recorded and re-imported by their real path.
-    code = f"import sys, crash_app; sys.exit(crash_app.main(['crash_app', {mode!r}, {url!r}, {execution_id!r}]))"
+    code = (
+        f"import sys, crash_app; sys.exit(crash_app.main(['crash_app', {mode!r}, {url!r}, {execution_id!r}]))"
+    )
     return subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -57,7 +61,9 @@ def _events(ledger: Path, phase: str) -> Counter[str]:
 
 @pytest.fixture(params=["sqlite", "file"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'crash.db'}" if request.param == "sqlite" else f"file://{tmp_path / 'states'}"
+    return (
+        f"sqlite:///{tmp_path / 'crash.db'}" if request.param == "sqlite" else f"file://{tmp_path / 'states'}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,10 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         assert proc.returncode == 0, proc.stderr
         events = _events(ledger, "start")
         assert all(events[f"tool {t}"] == 1 for t in TOOLS), events
-        results[cpr] = {"output": json.loads(proc.stdout.splitlines()[-1])["output"], "requests": events["model"]}
+        results[cpr] = {
+            "output": json.loads(proc.stdout.splitlines()[-1])["output"],
+            "requests": events["model"],
+        }
     return results
 
 
@@ -133,8 +142,10 @@ def test_external_sigkill_at_random_moment_resumes(tmp_path: Path, baseline: dic
     ledger = tmp_path / "ledger"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC)]), "LEDGER": str(ledger)}
     env.update(PHASE="start", SLOW_TOOLS="0.3")
-    code = "import sys, crash_app; sys.exit(crash_app.main(['crash_app', 'start', %r, 'ext-1']))" % url
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code = f"import sys, crash_app; sys.exit(crash_app.main(['crash_app', 'start', {url!r}, 'ext-1']))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         # Wait until two tools executed, then kill -9 from outside, wherever the child is.
         import time
@@ -166,7 +177,9 @@ def test_external_sigkill_at_random_moment_resumes(tmp_path: Path, baseline: dic
         assert 1 <= first[f"tool {name}"] + second[f"tool {name}"] <= (1 if name in journaled_tools else 2)
 
 
-def test_exception_in_one_process_resume_in_another(url: str, tmp_path: Path, baseline: dict[str, Any]) -> None:
+def test_exception_in_one_process_resume_in_another(
+    url: str, tmp_path: Path, baseline: dict[str, Any]
+) -> None:
     ledger = tmp_path / "ledger"
     failed = _run("start", url, "exc-1", ledger, CRASH_AT="raise:transform_data")
     assert failed.returncode == 1 and "upstream reset the connection" in failed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import Counter
@@ -134,7 +135,7 @@ def test_seed_flow_failure_then_continue_durable_with_new_agent(storage: Durable
     result = Agent(second_model, name="RecoveryAgent").continue_durable(durable.execution_id, storage)
     assert result == expected
     # Journaled before the failure: fetch, validate (once each). transform retried once, store once.
-    assert CALLS == Counter(fetch_data=1, validate_data=1, transform_data=2, store_results=1)
+    assert Counter(fetch_data=1, validate_data=1, transform_data=2, store_results=1) == CALLS
     # 3 requests were journaled; the resume pays only for the remaining ones (5 total uninterrupted).
     assert first_model.requests + second_model.requests == 5 + 0
     assert second_model.requests == 2
@@ -179,7 +180,7 @@ def test_agent_retry_resumes_instead_of_restarting() -> None:
     model = CountingModel()
     task = Task("Fetch and flaky", tools=[fetch_data, flaky], durable_execution=DurableExecution(storage))
     Agent(model, retry=2).do(task)
-    assert CALLS == Counter(fetch_data=1, flaky=2)
+    assert Counter(fetch_data=1, flaky=2) == CALLS
     assert model.requests == 3  # not 3 + the 2 before the failure
 
 
@@ -288,10 +289,8 @@ def test_list_stats_cleanup(storage: DurableExecutionStorage) -> None:
         ids.append(durable.execution_id)
         if i == 1:
             FAIL_ON.add("fetch_data")
-        try:
+        with contextlib.suppress(RuntimeError):
             Agent(ScriptedModel()).do(Task(PROMPT, tools=TOOLS, durable_execution=durable))
-        except RuntimeError:
-            pass
         FAIL_ON.clear()
     stats = storage.get_stats()
     assert stats["backend"] == storage.backend_name

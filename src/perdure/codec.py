@@ -89,7 +89,9 @@ def _check_version(execution_id: str, data: Any) -> None:
             raise IncompatibleSchemaError(execution_id, version, SCHEMA_VERSION)
 
 
-def decode_head(execution_id: str, payload: bytes | str, *, codec: str = JSON, location: str = "") -> ExecutionRecord:
+def decode_head(
+    execution_id: str, payload: bytes | str, *, codec: str = JSON, location: str = ""
+) -> ExecutionRecord:
     """Decode a head record, raising typed errors for damage or a newer schema."""
     try:
         raw = _raw(codec, payload.encode() if isinstance(payload, str) else payload)
@@ -101,7 +103,9 @@ def decode_head(execution_id: str, payload: bytes | str, *, codec: str = JSON, l
         record = ExecutionRecord.model_validate(data)
     except ValidationError as exc:
         raise CorruptRecordError(
-            execution_id, f"unexpected shape ({exc.error_count()} field errors: {_first(exc)})", location=location
+            execution_id,
+            f"unexpected shape ({exc.error_count()} field errors: {_first(exc)})",
+            location=location,
         ) from exc
     if record.execution_id != execution_id:
         raise CorruptRecordError(

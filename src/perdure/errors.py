@@ -84,7 +84,9 @@ class ExecutionCompletedError(PerdureError):
 class CorruptRecordError(PerdureError):
     """A stored record could not be decoded; it is left untouched for inspection."""
 
-    def __init__(self, execution_id: str, detail: str, *, step: str | None = None, location: str = "") -> None:
+    def __init__(
+        self, execution_id: str, detail: str, *, step: str | None = None, location: str = ""
+    ) -> None:
         where = f" at {location}" if location else ""
         part = f" (journal entry {step})" if step else ""
         super().__init__(

@@ -47,6 +47,7 @@ class Agent:
         retry: How many times `do` resumes a failed execution from its journal before raising.
         request_limit: Maximum model requests per run (`None` for no limit).
         model_settings: pydantic-ai model settings (temperature, timeouts, ...).
+
     """
 
     def __init__(
@@ -86,10 +87,17 @@ class Agent:
     # ---- building ---------------------------------------------------------------------------------
 
     def _build(
-        self, *, model: str | Model | None, tools: Sequence[ToolLike], output_type: Any, instructions: str | None
+        self,
+        *,
+        model: str | Model | None,
+        tools: Sequence[ToolLike],
+        output_type: Any,
+        instructions: str | None,
     ) -> PydanticAgent[Any, Any]:
         if model is None:
-            raise UserError("Agent needs a model: pass Agent('openai/gpt-4o-mini') or Agent('perdure:scripted').")
+            raise UserError(
+                "Agent needs a model: pass Agent('openai/gpt-4o-mini') or Agent('perdure:scripted')."
+            )
         return PydanticAgent(
             resolve_model(model),
             name=self.name or "perdure",
@@ -180,6 +188,7 @@ class Agent:
             tools: Tools to use instead of importing them by their recorded paths.
             debug: Log recovery details (defaults to this agent's `debug`).
             auto_cleanup: Delete the execution's records once it completes.
+
         """
         durable = DurableExecution(
             storage,
@@ -209,7 +218,9 @@ class Agent:
     ) -> Any:
         """Sync twin of `continue_durable_async`."""
         return run_sync(
-            self.continue_durable_async(execution_id, storage, tools=tools, debug=debug, auto_cleanup=auto_cleanup)
+            self.continue_durable_async(
+                execution_id, storage, tools=tools, debug=debug, auto_cleanup=auto_cleanup
+            )
         )
 
     def _rebuild(self, head: ExecutionRecord, given: Sequence[ToolLike]) -> PydanticAgent[Any, Any]:

@@ -20,6 +20,7 @@ class Task:
         response_format: A pydantic model (or other type) for typed output; text when omitted.
         durable_execution: Makes the task durable: its id, storage and cleanup policy.
         context: JSON data stored with the execution for the application's own use.
+
     """
 
     def __init__(

@@ -16,7 +16,16 @@ from pydantic_ai import Tool
 from ..errors import ToolNotFoundError
 from ..records import ToolRef
 
-__all__ = ["ToolOptions", "ToolLike", "import_ref", "object_ref", "resolve_tools", "tool", "tool_name", "to_tool_ref"]
+__all__ = [
+    "ToolOptions",
+    "ToolLike",
+    "import_ref",
+    "object_ref",
+    "resolve_tools",
+    "tool",
+    "tool_name",
+    "to_tool_ref",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ToolLike = Callable[..., Any] | Tool[Any]
@@ -121,7 +130,9 @@ def to_pydantic_tool(item: ToolLike) -> Tool[Any]:
     )
 
 
-def resolve_tools(execution_id: str, recorded: Sequence[ToolRef], given: Sequence[ToolLike]) -> list[ToolLike]:
+def resolve_tools(
+    execution_id: str, recorded: Sequence[ToolRef], given: Sequence[ToolLike]
+) -> list[ToolLike]:
     """Find every recorded tool again: in `given` by name, else by import reference.
 
     A recorded tool that cannot be found is an error: silently dropping it would let the model call
@@ -134,7 +145,9 @@ def resolve_tools(execution_id: str, recorded: Sequence[ToolRef], given: Sequenc
             resolved.append(by_name.pop(ref.name))
             continue
         if ref.ref is None:
-            raise ToolNotFoundError(execution_id, ref.name, "it was not defined at module level, so it has no import path")
+            raise ToolNotFoundError(
+                execution_id, ref.name, "it was not defined at module level, so it has no import path"
+            )
         try:
             found = import_ref(ref.ref)
         except (ImportError, AttributeError) as exc:

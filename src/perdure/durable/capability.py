@@ -37,7 +37,9 @@ StepConfig = dict[str, Any]
 """Per-unit configuration (reserved for retry and idempotency policies)."""
 
 
-def _unit_identity(operation_id: DurableOperationId, name: str, cache_key: tuple[object, ...]) -> UnitIdentity:
+def _unit_identity(
+    operation_id: DurableOperationId, name: str, cache_key: tuple[object, ...]
+) -> UnitIdentity:
     ctx = next((item for item in cache_key if isinstance(item, RunContext)), None)
     tool_call_id = ctx.tool_call_id if ctx is not None else None
     if isinstance(operation_id, ModelRequestId):
@@ -84,7 +86,11 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         codec=JSON_CODEC,
         serialization_failure=serialization_failure,
         wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
-        toolset_lifecycles={"function": "enter-always", "mcp": "enter-in-durable-unit", "dynamic": "enter-never"},
+        toolset_lifecycles={
+            "function": "enter-always",
+            "mcp": "enter-in-durable-unit",
+            "dynamic": "enter-never",
+        },
         journal_discovery=True,
         # Journal order must be deterministic for ordinal keys, so tools of one response run in order.
         sequential_tools_in_durable_context=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.agent import AgentRunResult
@@ -93,6 +93,7 @@ class DurableExecution:
         auto_cleanup: Delete the execution's records once it completed (the seed's default).
         debug: Log every checkpoint and recovery step via the `perdure` logger.
         execution_id: Reuse a known id instead of generating `YYYYmmddHHMMSS-xxxxxxxx`.
+
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class DurableExecution:
             task: What to store about the task (tools, output type, model) for a later resume.
             on_unit: Observer called after every durable unit with `(step, replayed)`.
             **run_kwargs: Passed to `agent.run` (`output_type`, `deps`, `usage_limits`, ...).
+
         """
         head = await self.storage.load_state_async(self.execution_id)
         if head is None:
@@ -249,14 +251,18 @@ class DurableExecution:
 
     @staticmethod
     def list_all_executions(
-        storage: DurableExecutionStorage, status: ExecutionStatus | str | None = None, limit: int | None = None
+        storage: DurableExecutionStorage,
+        status: ExecutionStatus | str | None = None,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Info dicts of the storage's executions, most recently updated first."""
         return [head.info() for head in storage.list_executions(status, limit)]
 
     @staticmethod
     async def list_all_executions_async(
-        storage: DurableExecutionStorage, status: ExecutionStatus | str | None = None, limit: int | None = None
+        storage: DurableExecutionStorage,
+        status: ExecutionStatus | str | None = None,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Async twin of `list_all_executions`."""
         return [head.info() for head in await storage.list_executions_async(status, limit)]
@@ -266,12 +272,6 @@ class DurableExecution:
         return self.storage.delete_state(self.execution_id)
 
 
-@overload
-async def _info_async(target: DurableExecution) -> dict[str, Any] | None: ...
-@overload
-async def _info_async(
-    target: type[DurableExecution], execution_id: str, storage: DurableExecutionStorage
-) -> dict[str, Any] | None: ...
 async def _info_async(target: Any, *args: Any) -> dict[str, Any] | None:
     if isinstance(target, DurableExecution):
         execution_id = args[0] if args else target.execution_id

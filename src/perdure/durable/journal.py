@@ -134,7 +134,10 @@ class JournalRun:
             record_durable_unit(executed=False)
             if self.debug:
                 logger.info(
-                    "[%s] replayed step %d %s from the journal", self.execution_id, recorded.seq, recorded.name
+                    "[%s] replayed step %d %s from the journal",
+                    self.execution_id,
+                    recorded.seq,
+                    recorded.name,
                 )
             if self.on_unit is not None:
                 self.on_unit(recorded, True)
@@ -196,7 +199,10 @@ class JournalRun:
         self.head = new_head
         if self.debug:
             logger.info(
-                "[%s] checkpoint: step %d %s journaled (status=success)", self.execution_id, step.seq, step.name
+                "[%s] checkpoint: step %d %s journaled (status=success)",
+                self.execution_id,
+                step.seq,
+                step.name,
             )
 
     def _count_replay(self, step: StepRecord) -> None:
@@ -235,7 +241,9 @@ class JournalRun:
         )
         await self.storage.save_state_async(self.head)
         if self.debug:
-            logger.info("[%s] checkpoint: step %d %s failed: %s", self.execution_id, seq, name, self.head.error)
+            logger.info(
+                "[%s] checkpoint: step %d %s failed: %s", self.execution_id, seq, name, self.head.error
+            )
 
     async def mark_completed(self, output: Any) -> None:
         """Store the head as `completed` with the run's output."""
@@ -263,4 +271,3 @@ def serialization_failure(exc: Exception) -> BaseException:
     match = _UNSERIALIZABLE.search(str(exc))
     value_type = next((g for g in match.groups() if g), "unknown") if match else "unknown"
     return SerializationError(execution_id, step, value_type, str(exc).splitlines()[0])
-

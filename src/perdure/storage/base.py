@@ -77,7 +77,7 @@ class DurableExecutionStorage(ABC):
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         """Every readable head record; damaged ones are skipped with a warning."""
 
-    async def close_async(self) -> None:
+    async def close_async(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and file handles (idempotent)."""
 
     # ---- derived queries (backends with indexes override) ---------------------------------------
