@@ -437,3 +437,30 @@ def test_errors_pickle() -> None:
     err = ToolNotFoundError("e-1", "t", "gone")
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, ToolNotFoundError) and back.execution_id == "e-1" and str(back) == str(err)
+
+
+def test_journal_ahead_of_head_after_crash_between_the_two_writes(tmp_path: Path) -> None:
+    """File backend: the journal entry is fsync'd before the head is replaced; a crash in between
+    leaves the journal one step ahead. Resume must replay that step, not run it or collide with it."""
+    storage = FileDurableStorage(path=str(tmp_path / "states"))
+    durable = DurableExecution(storage, auto_cleanup=False)
+    stale: list[Any] = []
+
+    def keep_head_before_fetch(step: Any, replayed: bool) -> None:
+        if step.name == "model_request" and not stale:
+            stale.append(storage.load_state(durable.execution_id))
+
+    FAIL_ON.add("validate_data")
+    agent = Agent(ScriptedModel())._build(
+        model=ScriptedModel(), tools=TOOLS, output_type=None, instructions=None
+    )
+    with pytest.raises(RuntimeError):
+        durable.run_agent(agent, PROMPT, on_unit=keep_head_before_fetch)
+    FAIL_ON.clear()
+    storage.save_state(stale[0])  # the head as it was before tool:fetch_data was journaled
+    assert stale[0].next_seq == 1 and len(storage.load_steps(durable.execution_id)) == 3
+    attempt = durable.resume_agent(agent)
+    assert CALLS["fetch_data"] == 1  # journaled, so replayed although the head did not count it
+    assert attempt.head.usage.tool_calls == 4 and attempt.head.usage.requests == 5
+    uninterrupted = DurableExecution(InMemoryDurableStorage(), auto_cleanup=False)
+    assert uninterrupted.run_agent(agent, PROMPT).head.usage == attempt.head.usage

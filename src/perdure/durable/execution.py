@@ -22,15 +22,17 @@ from ..records import (
     ExecutionRecord,
     ExecutionStatus,
     ReplayStats,
+    StepKind,
     StepRecord,
     TaskSnapshot,
+    UsageTotals,
     new_execution_id,
     utcnow,
 )
 from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
 from .capability import PerdureDurability
-from .journal import JournalRun
+from .journal import JournalRun, response_tokens
 
 __all__ = ["AttemptResult", "DurableExecution"]
 
@@ -195,6 +197,8 @@ class DurableExecution:
                 execution_id=head.execution_id,
             )
         journal = await self.storage.load_steps_async(head.execution_id)
+        if len(journal) != head.next_seq:
+            head = _reconcile(head, journal)
         resuming = head.attempts > 0
         head = head.model_copy(
             update={
@@ -270,6 +274,37 @@ class DurableExecution:
     def delete(self) -> bool:
         """Delete this execution's records."""
         return self.storage.delete_state(self.execution_id)
+
+
+def _reconcile(head: ExecutionRecord, journal: list[StepRecord]) -> ExecutionRecord:
+    """Rebuild the head's journal-derived fields when the journal is ahead of it.
+
+    The file backend appends (and fsyncs) the journal entry before it replaces the head, so a crash
+    between the two leaves one more journal entry than the head counts. The journal is the source of
+    truth: its result must be replayed, and the next entry must get the next free sequence number.
+    """
+    responses = [response_tokens(s.result) for s in journal if s.kind is StepKind.MODEL_REQUEST]
+    usage = UsageTotals(
+        requests=len(responses),
+        input_tokens=sum(t[0] for t in responses),
+        output_tokens=sum(t[1] for t in responses),
+        tool_calls=sum(1 for s in journal if s.kind is StepKind.TOOL_CALL),
+    )
+    last = journal[-1] if journal else None
+    logger.warning(
+        "[%s] head counted %d journal steps but the journal holds %d; continuing from the journal",
+        head.execution_id,
+        head.next_seq,
+        len(journal),
+    )
+    return head.model_copy(
+        update={
+            "next_seq": len(journal),
+            "step_index": last.seq if last else -1,
+            "step_name": last.name if last else "",
+            "usage": usage,
+        }
+    )
 
 
 async def _info_async(target: Any, *args: Any) -> dict[str, Any] | None:

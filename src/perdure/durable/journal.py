@@ -38,7 +38,7 @@ from ..records import (
 )
 from ..storage.base import DurableExecutionStorage
 
-__all__ = ["JournalRun", "UnitIdentity", "current_run", "serialization_failure"]
+__all__ = ["JournalRun", "UnitIdentity", "current_run", "response_tokens", "serialization_failure"]
 
 logger = logging.getLogger("perdure")
 
@@ -68,7 +68,8 @@ class _LiveUnit:
     name: str
 
 
-def _response_tokens(result: Any) -> tuple[int, int]:
+def response_tokens(result: Any) -> tuple[int, int]:
+    """Input and output tokens of a journaled model response (0, 0 for anything else)."""
     usage = result.get("usage") if isinstance(result, dict) else None
     if not isinstance(usage, dict):
         return 0, 0
@@ -170,7 +171,7 @@ class JournalRun:
         usage = head.usage
         replay = head.replay
         if step.kind is StepKind.MODEL_REQUEST:
-            tokens_in, tokens_out = _response_tokens(step.result)
+            tokens_in, tokens_out = response_tokens(step.result)
             step.tokens = tokens_in + tokens_out
             usage = usage.model_copy(
                 update={

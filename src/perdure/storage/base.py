@@ -4,9 +4,12 @@ Async-first: the engine awaits the `*_async` methods. Each has a synchronous twi
 API's name (`get_stats()`, `delete_state()`, ...) that also works when an event loop is already
 running in the calling thread.
 
-A backend must make `append_step_async` atomic: the journal entry and the new head are stored
-together or not at all, so a crash at any instant leaves either the old head with the old journal
-or the new head with the new journal. A second writer of the same journal sequence must fail with
+A backend makes `append_step_async` atomic where the medium allows it: SQL backends store the journal
+entry and the new head in one transaction. The file backend cannot replace two files atomically, so
+it orders the writes instead: the journal entry is appended and fsync'd first, then the head is
+replaced. A crash between the two leaves the journal one entry ahead of the head, never behind, and
+the engine treats the journal as the source of truth when it resumes (a journaled result is never
+lost, so its unit never runs again). A second writer of the same journal sequence must fail with
 `StepConflictError` rather than overwrite.
 """
 
