@@ -19,7 +19,7 @@ from pydantic_ai.usage import UsageLimits
 from .._sync import run_sync
 from ..durable.capability import PerdureDurability
 from ..durable.execution import AttemptResult, DurableExecution, enable_debug_logging
-from ..errors import ExecutionCompletedError, ExecutionNotFoundError, PerdureError, UserError
+from ..errors import ExecutionCompletedError, PerdureError, UserError
 from ..models import model_to_string, resolve_model
 from ..records import ExecutionRecord, ExecutionStatus, TaskSnapshot
 from ..storage.base import DurableExecutionStorage
@@ -196,9 +196,7 @@ class Agent:
             debug=self.debug if debug is None else debug,
             auto_cleanup=auto_cleanup,
         )
-        head = await storage.load_state_async(execution_id)
-        if head is None:
-            raise ExecutionNotFoundError(execution_id, backend=storage.backend_name)
+        head = await durable.load_head_async()
         if head.status is ExecutionStatus.COMPLETED:
             raise ExecutionCompletedError(execution_id)
         agent = self._rebuild(head, tools or [])
