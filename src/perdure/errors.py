@@ -8,14 +8,20 @@ and task queues.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "CircuitOpenError",
     "CorruptRecordError",
     "ExecutionCompletedError",
+    "ExecutionLeased",
+    "ExecutionLeasedError",
     "ExecutionNotFoundError",
     "IncompatibleSchemaError",
     "JournalMismatchError",
+    "LeaseLostError",
+    "NonIdempotentReplayError",
     "PerdureError",
     "SerializationError",
     "StepConflictError",
@@ -189,3 +195,72 @@ class StorageUnavailableError(PerdureError):
         )
         self.backend = backend
         self.detail = detail
+
+
+class ExecutionLeasedError(PerdureError):
+    """Another worker holds the execution's lease: it is running there right now."""
+
+    def __init__(self, execution_id: str, owner: str, expires_at: datetime | None) -> None:
+        until = f" until {expires_at.isoformat()}" if expires_at is not None else ""
+        super().__init__(
+            f"Execution {execution_id!r} is leased by worker {owner!r}{until}: it is running there. "
+            f"Do not resume it twice; wait for that worker to finish, or for its lease to expire if it "
+            f"died (pass wait_for_lease= to wait, or let recover_interrupted pick it up).",
+            execution_id=execution_id,
+        )
+        self.owner = owner
+        self.expires_at = expires_at
+
+
+ExecutionLeased = ExecutionLeasedError
+"""Short alias used in the design documents."""
+
+
+class LeaseLostError(PerdureError):
+    """A worker lost its lease to another worker and must stop writing the execution."""
+
+    def __init__(self, execution_id: str, owner: str, holder: str | None) -> None:
+        now = f"worker {holder!r}" if holder else "nobody"
+        super().__init__(
+            f"Worker {owner!r} lost the lease of execution {execution_id!r} (now held by {now}), usually "
+            f"because its heartbeat stalled past the lease time. Its write was refused so the journal "
+            f"stays single-writer; the execution continues wherever the lease is held now.",
+            execution_id=execution_id,
+        )
+        self.owner = owner
+        self.holder = holder
+
+
+class NonIdempotentReplayError(PerdureError):
+    """A non-idempotent tool call started but its result was never journaled (crash in between)."""
+
+    def __init__(
+        self, execution_id: str, tool_name: str, tool_call_id: str, args: Any, *, seq: int | None = None
+    ) -> None:
+        super().__init__(
+            f"Execution {execution_id!r}: non-idempotent tool {tool_name!r} (call {tool_call_id!r}, "
+            f"args {args!r}) started but its result was never recorded, so it may or may not have taken "
+            f"effect. perdure will not run it again on its own. Check the external system, then resume "
+            f"with resolutions={{{tool_call_id!r}: ...}}: ToolResolution.done(result) if it took effect, "
+            f"ToolResolution.rerun() to call it again, or ToolResolution.abort() to cancel the execution.",
+            execution_id=execution_id,
+            step=f"tool:{tool_name}",
+        )
+        self.tool_name = tool_name
+        self.tool_call_id = tool_call_id
+        self.tool_args = args
+        self.seq = seq
+
+
+class CircuitOpenError(PerdureError):
+    """The model's circuit breaker is open after repeated failures: calls fail fast until it resets."""
+
+    def __init__(self, model: str, retry_in: float, *, execution_id: str | None = None) -> None:
+        super().__init__(
+            f"Circuit breaker for model {model!r} is open after repeated failures; requests fail fast for "
+            f"another {retry_in:.1f}s, then one probe request is let through. The execution's journal is "
+            f"intact: resume it once the provider recovers.",
+            execution_id=execution_id,
+        )
+        self.model = model
+        self.retry_in = retry_in

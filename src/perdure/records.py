@@ -12,7 +12,7 @@ import secrets
 import traceback as _traceback
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,8 @@ __all__ = [
     "ErrorInfo",
     "ExecutionRecord",
     "ExecutionStatus",
+    "PendingCall",
+    "PendingDecision",
     "ReplayStats",
     "StepKind",
     "StepRecord",
@@ -67,6 +69,12 @@ class StepKind(StrEnum):
     MODEL_REQUEST = "model_request"
     TOOL_CALL = "tool_call"
     OTHER = "other"
+    STARTED = "started"
+    """Marker journaled before a non-idempotent tool runs; its key is `started:<unit key>`."""
+    ATTEMPT = "attempt"
+    """A failed attempt of a unit under a retry policy; its key is `attempt:<unit key>#<n>`."""
+    DECISION = "decision"
+    """An operator's decision (approval, denial, manual result) journaled before the run resumes."""
 
 
 class _Record(BaseModel):
@@ -151,6 +159,26 @@ class TaskSnapshot(_Record):
     """Free-form JSON data the caller attached to the task."""
 
 
+class PendingCall(_Record):
+    """A tool call waiting for a human: an approval, or a decision about an interrupted call."""
+
+    tool_call_id: str
+    tool_name: str
+    args: Any = None
+
+
+class PendingDecision(_Record):
+    """Why a `paused` execution waits, and what it needs to continue."""
+
+    kind: Literal["approval", "non_idempotent"]
+    """`approval`: tools that require approval; `non_idempotent`: a call interrupted mid-effect."""
+    calls: list[PendingCall] = Field(default_factory=list)
+    round: int = 0
+    """Approval round that paused (each `continue_durable(approvals=...)` starts the next one)."""
+    messages: list[Any] | None = None
+    """Message history at the pause (JSON), from which the next approval round continues."""
+
+
 class ExecutionRecord(_Record):
     """The one head record of an execution, overwritten after every step."""
 
@@ -172,6 +200,8 @@ class ExecutionRecord(_Record):
     """How many times the execution was started or resumed."""
     output: Any = None
     """The final output as JSON data, once `completed`."""
+    pending: PendingDecision | None = None
+    """What a `paused` execution waits for."""
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION

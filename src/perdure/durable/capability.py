@@ -30,11 +30,17 @@ from pydantic_ai.tools import AgentDepsT
 
 from ..records import StepKind
 from .journal import UnitIdentity, current_run, serialization_failure
+from .retry import CircuitBreaker, RetryPolicy
 
 __all__ = ["PerdureDurability", "StepConfig"]
 
 StepConfig = dict[str, Any]
-"""Per-unit configuration (reserved for retry and idempotency policies)."""
+"""Per-unit configuration: `retry` (RetryPolicy), `circuit_breaker` (CircuitBreaker), `idempotent` (bool).
+
+Agent-wide values come from `PerdureDurability(...)`; a tool overrides them with its metadata
+under the `perdure` key, e.g. `Tool(f, metadata={"perdure": {"idempotent": False}})` (perdure's
+`@tool(idempotent=False, retry=...)` sets it for you).
+"""
 
 
 def _unit_identity(
@@ -46,7 +52,8 @@ def _unit_identity(
         return UnitIdentity(StepKind.MODEL_REQUEST, "model_request", "model")
     if isinstance(operation_id, ToolsetCallToolId):
         tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name.rsplit(":", 1)[-1]
-        return UnitIdentity(StepKind.TOOL_CALL, f"tool:{tool_name}", f"tool:{tool_name}", tool_call_id)
+        args = cache_key[1] if len(cache_key) > 1 else None
+        return UnitIdentity(StepKind.TOOL_CALL, f"tool:{tool_name}", f"tool:{tool_name}", tool_call_id, args)
     if isinstance(operation_id, ToolsetValidateToolArgumentsId):
         tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name
         return UnitIdentity(StepKind.OTHER, f"validate:{tool_name}", "validate", tool_call_id)
@@ -68,7 +75,7 @@ class _JournalBackend(JournalCallableOperationBackend[StepConfig]):
         run = current_run()
         if run is None:  # pragma: no cover - the capability only dispatches inside an execution
             return await body()
-        return await run.run_unit(_unit_identity(operation_id, name, cache_key), body)
+        return await run.run_unit(_unit_identity(operation_id, name, cache_key), body, config)
 
 
 class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
@@ -97,6 +104,30 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         tool_config_key="perdure",
     )
 
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        tool_retry: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Configure the engine for one agent.
+
+        Args:
+            retry: Retry policy of model requests (durable: attempts are journaled).
+            tool_retry: Default retry policy of tool calls; a tool's own policy wins.
+            circuit_breaker: Breaker guarding the agent's model requests.
+            name: Name of the agent's durable units (defaults to the agent's name).
+            **kwargs: Passed to pydantic-ai's `BaseDurabilityCapability` (`models=`, ...).
+
+        """
+        super().__init__(name=name, **kwargs)
+        self.retry = retry
+        self.tool_retry = tool_retry
+        self.circuit_breaker = circuit_breaker
+
     @property
     def in_durable_context(self) -> bool:
         """Inside an execution attempt started by `DurableExecution`."""
@@ -119,8 +150,10 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
     def get_durable_operation_backend(self) -> DurableOperationBackend[StepConfig]:
         """The backend that journals this agent's units."""
         base: StepConfig = {}
+        model: StepConfig = {"retry": self.retry, "circuit_breaker": self.circuit_breaker}
+        tool: StepConfig = {"retry": self.tool_retry}
         return _JournalBackend(
             agent_name=self.name,
             default_model_id=self.default_model_id,
-            config=RoleBasedOperationConfig(model=base, event=base, capability=base, tool=base),
+            config=RoleBasedOperationConfig(model=model, event=base, capability=base, tool=tool),
         )

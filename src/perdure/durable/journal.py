@@ -13,41 +13,138 @@ replay key. Keys never depend on timing:
 A key found in the journal returns the recorded result without running the body; the first key not
 found starts live execution. Each live unit is appended to the journal together with the new head
 in one atomic storage write, so a crash leaves either both or neither.
+
+Besides results, the journal holds three kinds of bookkeeping entries: a `started` marker written
+before a non-idempotent tool runs (so a crash inside it is detected on resume instead of repeating
+it), one `attempt` entry per failed try under a retry policy (so attempt counts survive crashes),
+and `decision` entries for human decisions (approval rounds, resolutions of interrupted calls).
+Units of approval round N > 0 are keyed `r<N>/<name>#<n>`: each round is a new pydantic-ai run
+whose ordinals start again.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_ai import RunContext
 from pydantic_ai.durable_exec import record_durable_unit
 
-from ..errors import JournalMismatchError, SerializationError
+from ..errors import (
+    JournalMismatchError,
+    NonIdempotentReplayError,
+    PerdureError,
+    SerializationError,
+    UserError,
+)
 from ..records import (
     ErrorInfo,
     ExecutionRecord,
     ExecutionStatus,
+    PendingCall,
+    PendingDecision,
     StepKind,
     StepRecord,
     utcnow,
 )
 from ..storage.base import DurableExecutionStorage
+from .decisions import ToolResolution
+from .retry import CircuitBreaker, RetryPolicy, call_with_retry
 
-__all__ = ["JournalRun", "UnitIdentity", "current_run", "response_tokens", "serialization_failure"]
+__all__ = [
+    "ExecutionAborted",
+    "JournalRun",
+    "StepContext",
+    "UnitIdentity",
+    "current_run",
+    "current_step",
+    "idempotency_key",
+    "pending_call",
+    "response_tokens",
+    "serialization_failure",
+]
 
 logger = logging.getLogger("perdure")
 
 _CURRENT: ContextVar[JournalRun | None] = ContextVar("perdure_current_run", default=None)
+_STEP: ContextVar[StepContext | None] = ContextVar("perdure_current_step", default=None)
 
 
 def current_run() -> JournalRun | None:
     """The execution attempt running in this context, if any."""
     return _CURRENT.get()
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """The durable unit running right now, as seen from inside a tool (or model request)."""
+
+    execution_id: str
+    key: str
+    """Replay key of the unit, stable across resumes (`tool:<tool_call_id>` for tool calls)."""
+    name: str
+    """`tool:<name>`, `model_request`, ..."""
+    attempt: int
+    """1 for the first try; retries (also those of crashed processes) count up from the journal."""
+    tool_call_id: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key to pass to external APIs that deduplicate requests (payments, emails, queues).
+
+        It is the same on every retry and every resume of this unit, and different for every other
+        unit, so an API that honours idempotency keys applies the effect once even when the
+        unit runs again after a crash between the effect and its journal write.
+        """
+        return f"{self.execution_id}:{self.key}"
+
+
+def current_step() -> StepContext:
+    """The unit running in this context; call it inside a tool of a durable execution.
+
+    Raises:
+        UserError: Called outside a durable unit (e.g. a tool run by a plain, non-durable agent).
+
+    """
+    step = _STEP.get()
+    if step is None:
+        raise UserError(
+            "perdure.current_step() is only available inside a tool or model request of a durable "
+            "execution (run the agent through perdure's Agent or DurableExecution.run_agent)."
+        )
+    return step
+
+
+def idempotency_key(ctx: RunContext[Any]) -> str:
+    """The idempotency key of the tool call `ctx` belongs to (same value as `current_step()`'s).
+
+    Works from a tool's `RunContext` alone: the execution id is the run id and the tool call id
+    comes from the journaled model response, so both are stable across resumes.
+    """
+    if not ctx.run_id or not ctx.tool_call_id:
+        raise UserError(
+            "idempotency_key(ctx) needs the RunContext of a tool call inside a durable execution."
+        )
+    return f"{ctx.run_id}:tool:{ctx.tool_call_id}"
+
+
+class ExecutionAborted(PerdureError):
+    """An operator resolved an interrupted call with `ToolResolution.abort()`; the run stops here."""
+
+    def __init__(self, execution_id: str, tool_name: str, tool_call_id: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} was cancelled by the operator's resolution of {tool_name!r} "
+            f"(call {tool_call_id!r}). It will not be resumed; start a new execution to run the task again.",
+            execution_id=execution_id,
+            step=f"tool:{tool_name}",
+        )
+        self.tool_name = tool_name
+        self.tool_call_id = tool_call_id
 
 
 @dataclass(frozen=True)
@@ -60,6 +157,8 @@ class UnitIdentity:
     key_base: str
     """Ordinal namespace for units without a stable id."""
     tool_call_id: str | None = None
+    args: Any = None
+    """Tool arguments (tool calls), shown to operators when a call needs a decision."""
 
 
 @dataclass
@@ -86,12 +185,20 @@ class JournalRun:
         journal: list[StepRecord],
         *,
         debug: bool = False,
+        round: int = 0,
+        resolutions: Mapping[str, ToolResolution] | None = None,
     ) -> None:
         self.storage = storage
         self.head = head
         self.debug = debug
+        self.round = round
+        self.resolutions = dict(resolutions or {})
         self._journal = {step.key: step for step in journal}
-        self._replay_remaining = len(journal)
+        self._replay_remaining = sum(1 for step in journal if step.kind in _RESULT_KINDS)
+        self._failed_attempts: Counter[str] = Counter(
+            step.key[len("attempt:") :].rsplit("#", 1)[0] for step in journal if step.kind is StepKind.ATTEMPT
+        )
+        self._decisions = sum(1 for step in journal if step.kind is StepKind.DECISION)
         self._ordinals: defaultdict[str, int] = defaultdict(int)
         self._live: _LiveUnit | None = None
         self.on_unit: Callable[[StepRecord, bool], None] | None = None
@@ -121,10 +228,22 @@ class JournalRun:
             prefix = "tool" if unit.kind is StepKind.TOOL_CALL else unit.key_base
             return f"{prefix}:{unit.tool_call_id}"
         self._ordinals[unit.key_base] += 1
-        return f"{unit.key_base}#{self._ordinals[unit.key_base]}"
+        base = f"r{self.round}/{unit.key_base}" if self.round else unit.key_base
+        return f"{base}#{self._ordinals[unit.key_base]}"
 
-    async def run_unit(self, unit: UnitIdentity, body: Callable[[], Awaitable[Any]]) -> Any:
-        """Return the journaled result of `unit`, or run `body` and journal its result."""
+    async def run_unit(
+        self,
+        unit: UnitIdentity,
+        body: Callable[[], Awaitable[Any]],
+        config: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Return the journaled result of `unit`, or run `body` and journal its result.
+
+        `config` is the unit's perdure config (agent defaults merged with the tool's `perdure`
+        metadata): `idempotent` (tools, default True), `retry` (a `RetryPolicy`) and
+        `circuit_breaker` (a `CircuitBreaker`, model requests).
+        """
+        config = config or {}
         key = self._key(unit)
         recorded = self._journal.get(key)
         if recorded is not None:
@@ -144,11 +263,47 @@ class JournalRun:
                 self.on_unit(recorded, True)
             return recorded.result
 
+        if unit.kind is StepKind.TOOL_CALL and config.get("idempotent", True) is False:
+            resolved = await self._guard_non_idempotent(unit, key)
+            if resolved is not None:
+                return resolved.result
+
         seq = self.head.next_seq
         self._live = _LiveUnit(seq=seq, name=unit.name)
         started = utcnow()
-        result = await body()
+        policy: RetryPolicy | None = config.get("retry")
+        breaker: CircuitBreaker | None = config.get("circuit_breaker")
+        failed = self._failed_attempts[key]
+        step_token = _STEP.set(StepContext(self.execution_id, key, unit.name, failed + 1, unit.tool_call_id))
+
+        async def attempt_body() -> Any:
+            _STEP.set(
+                StepContext(
+                    self.execution_id, key, unit.name, self._failed_attempts[key] + 1, unit.tool_call_id
+                )
+            )
+            return await body()
+
+        async def record_failure(attempt: int, exc: BaseException, delay: float) -> None:
+            await self._journal_attempt(unit, key, attempt, exc, delay)
+
+        try:
+            if policy is None and breaker is None:
+                result = await body()
+            else:
+                result = await call_with_retry(
+                    attempt_body,
+                    policy=policy,
+                    breaker=breaker,
+                    failed_attempts=failed,
+                    record_failure=record_failure,
+                    execution_id=self.execution_id,
+                    unit_name=unit.name,
+                )
+        finally:
+            _STEP.reset(step_token)
         self._live = None
+        seq = self.head.next_seq  # bookkeeping entries (attempts) may have taken positions meanwhile
         record_durable_unit(executed=True)
         step = StepRecord(
             execution_id=self.execution_id,
@@ -159,12 +314,124 @@ class JournalRun:
             result=result,
             started_at=started,
             finished_at=utcnow(),
-            attempt=self.head.attempts,
+            attempt=self._failed_attempts[key] + 1,
         )
         await self._journal_step(step)
         if self.on_unit is not None:
             self.on_unit(step, False)
         return result
+
+    async def _guard_non_idempotent(self, unit: UnitIdentity, key: str) -> StepRecord | None:
+        """Before a non-idempotent call: detect an interrupted earlier try, else mark this one started.
+
+        Returns the step to use as the call's result when an operator resolved an interrupted call as
+        done; None when the call should run now.
+        """
+        marker = self._journal.get(f"started:{key}")
+        if marker is None:
+            await self._append_bookkeeping(
+                StepKind.STARTED,
+                f"started:{key}",
+                unit.name,
+                {"tool_call_id": unit.tool_call_id, "args": _jsonable(unit.args)},
+            )
+            return None
+        call_id = unit.tool_call_id or key
+        tool_name = unit.name.removeprefix("tool:")
+        resolution = self.resolutions.pop(call_id, None)
+        if resolution is None:
+            raise NonIdempotentReplayError(self.execution_id, tool_name, call_id, unit.args, seq=marker.seq)
+        await self._append_bookkeeping(
+            StepKind.DECISION,
+            f"decision:{key}#{self._decisions + 1}",
+            unit.name,
+            {"tool_call_id": call_id, "action": resolution.action, "result": resolution.result},
+        )
+        if resolution.action == "abort":
+            raise ExecutionAborted(self.execution_id, tool_name, call_id)
+        if resolution.action == "rerun":
+            logger.info(
+                "[%s] re-running interrupted call %s of %s on the operator's decision",
+                self.execution_id,
+                call_id,
+                tool_name,
+            )
+            return None
+        step = StepRecord(
+            execution_id=self.execution_id,
+            seq=self.head.next_seq,
+            kind=StepKind.TOOL_CALL,
+            name=unit.name,
+            key=key,
+            result=resolution.result,
+            attempt=self._failed_attempts[key] + 1,
+        )
+        record_durable_unit(executed=False)
+        await self._journal_step(step)
+        if self.on_unit is not None:
+            self.on_unit(step, False)
+        return step
+
+    async def append_decision(self, key: str, name: str, result: Any) -> None:
+        """Journal an operator's decision (e.g. an approval round) before the run continues."""
+        await self._append_bookkeeping(StepKind.DECISION, key, name, result)
+
+    def latest_round(self) -> dict[str, Any] | None:
+        """Inputs of the latest approval round (`round`, `messages`, `approvals`), None before any."""
+        rounds = [
+            s for s in self._journal.values() if s.kind is StepKind.DECISION and s.key.startswith("round:")
+        ]
+        if not rounds:
+            return None
+        latest = max(rounds, key=lambda s: s.seq).result
+        return latest if isinstance(latest, dict) else None
+
+    async def _journal_attempt(
+        self, unit: UnitIdentity, key: str, attempt: int, exc: BaseException, delay: float
+    ) -> None:
+        self._failed_attempts[key] = attempt
+        await self._append_bookkeeping(
+            StepKind.ATTEMPT,
+            f"attempt:{key}#{attempt}",
+            unit.name,
+            {
+                "attempt": attempt,
+                "error": ErrorInfo.from_exception(exc).model_dump(mode="json"),
+                "delay": delay,
+            },
+        )
+        if self.debug:
+            logger.info(
+                "[%s] %s attempt %d failed (%s); retrying in %.2fs",
+                self.execution_id,
+                unit.name,
+                attempt,
+                exc,
+                delay,
+            )
+
+    async def _append_bookkeeping(self, kind: StepKind, key: str, name: str, result: Any) -> None:
+        """Journal a marker, attempt or decision entry; it moves `next_seq` but not the step shown."""
+        now = utcnow()
+        step = StepRecord(
+            execution_id=self.execution_id,
+            seq=self.head.next_seq,
+            kind=kind,
+            name=name,
+            key=key,
+            result=result,
+            started_at=now,
+            finished_at=now,
+        )
+        update: dict[str, Any] = {"next_seq": step.seq + 1, "updated_at": now}
+        if kind is StepKind.DECISION:  # a decision answers the pause
+            update.update(status=ExecutionStatus.SUCCESS, pending=None, error=None)
+        new_head = self.head.model_copy(update=update)
+        await self.storage.append_step_async(new_head, step)
+        self.head = new_head
+        self._journal[key] = step
+        if kind is StepKind.DECISION:
+            self._decisions += 1
 
     async def _journal_step(self, step: StepRecord) -> None:
         head = self.head
@@ -246,12 +513,44 @@ class JournalRun:
                 "[%s] checkpoint: step %d %s failed: %s", self.execution_id, seq, name, self.head.error
             )
 
+    async def mark_paused(self, pending: PendingDecision, error: BaseException | None = None) -> None:
+        """Store the head as `paused`, waiting for the human decision `pending` describes."""
+        self.head = self.head.model_copy(
+            update={
+                "status": ExecutionStatus.PAUSED,
+                "pending": pending,
+                "error": ErrorInfo.from_exception(error) if error is not None else None,
+                "updated_at": utcnow(),
+            }
+        )
+        await self.storage.save_state_async(self.head)
+        if self.debug:
+            logger.info(
+                "[%s] paused: waiting for %s of %s",
+                self.execution_id,
+                pending.kind,
+                ", ".join(f"{c.tool_name}({c.tool_call_id})" for c in pending.calls),
+            )
+
+    async def mark_cancelled(self, exc: BaseException) -> None:
+        """Store the head as `cancelled` (an operator aborted it)."""
+        self.head = self.head.model_copy(
+            update={
+                "status": ExecutionStatus.CANCELLED,
+                "pending": None,
+                "error": ErrorInfo.from_exception(exc),
+                "updated_at": utcnow(),
+            }
+        )
+        await self.storage.save_state_async(self.head)
+
     async def mark_completed(self, output: Any) -> None:
         """Store the head as `completed` with the run's output."""
         self.head = self.head.model_copy(
             update={
                 "status": ExecutionStatus.COMPLETED,
                 "error": None,
+                "pending": None,
                 "output": output,
                 "updated_at": utcnow(),
             }
@@ -259,6 +558,23 @@ class JournalRun:
         await self.storage.save_state_async(self.head)
         if self.debug:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
+
+
+_RESULT_KINDS = frozenset({StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER})
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic_core import to_jsonable_python
+
+    try:
+        return to_jsonable_python(value)
+    except Exception:  # arguments are informational here; never fail the run over them
+        return repr(value)
+
+
+def pending_call(exc: NonIdempotentReplayError) -> PendingCall:
+    """The pending entry an operator sees for an interrupted non-idempotent call."""
+    return PendingCall(tool_call_id=exc.tool_call_id, tool_name=exc.tool_name, args=_jsonable(exc.tool_args))
 
 
 _UNSERIALIZABLE = re.compile(r"type:?\s*<class '([^']+)'>|type ([\w.]+)")

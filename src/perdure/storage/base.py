@@ -11,6 +11,14 @@ replaced. A crash between the two leaves the journal one entry ahead of the head
 the engine treats the journal as the source of truth when it resumes (a journaled result is never
 lost, so its unit never runs again). A second writer of the same journal sequence must fail with
 `StepConflictError` rather than overwrite.
+
+Leases make one worker the only writer of an execution. The lease (owner id and expiry) is stored
+apart from the head body: `save_state_async` and `append_step_async` never change it, and
+`load_state_async` / `list_executions_async` return heads whose `lease_owner` / `lease_expires_at`
+are the stored lease. Writes are fenced: a head write or step append whose `record.lease_owner`
+differs from an unexpired stored lease is refused with `LeaseLostError` and changes nothing, so a
+worker that stalled past its lease cannot write over the worker that took the execution over. A
+backend compares expiry with one clock per write (the server's clock where there is a server).
 """
 
 from __future__ import annotations
@@ -80,6 +88,33 @@ class DurableExecutionStorage(ABC):
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         """Every readable head record; damaged ones are skipped with a warning."""
 
+    # ---- leases -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def acquire_lease_async(
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        """Atomically take the lease of an existing execution for `owner` until now + `ttl_seconds`.
+
+        Succeeds when no lease is held, the held lease expired, `owner` holds it already (then it is
+        extended), or the holder is exactly `steal_from` (a compare-and-swap the engine uses to take
+        over from a worker it knows is dead, e.g. a process of this host that no longer exists).
+        Returns the head with the new lease. Raises `ExecutionNotFoundError` when the execution has
+        no head and `ExecutionLeasedError` when another owner holds an unexpired lease.
+        """
+
+    @abstractmethod
+    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
+        """Extend `owner`'s lease to now + `ttl_seconds` and return the new expiry.
+
+        Raises `LeaseLostError` when another owner holds the lease now or the execution is gone. A
+        lease of `owner` that expired but was not taken over is renewed.
+        """
+
+    @abstractmethod
+    async def release_lease_async(self, execution_id: str, owner: str) -> bool:
+        """Clear the lease if `owner` holds it; return whether it did (idempotent)."""
+
     async def close_async(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and file handles (idempotent)."""
 
@@ -111,6 +146,12 @@ class DurableExecutionStorage(ABC):
             if head.updated_at < cutoff and await self.delete_state_async(head.execution_id):
                 deleted += 1
         return deleted
+
+    @staticmethod
+    def _check_ttl(ttl_seconds: float) -> float:
+        if not ttl_seconds > 0:
+            raise UserError(f"Lease ttl_seconds must be > 0, got {ttl_seconds!r}.")
+        return float(ttl_seconds)
 
     @staticmethod
     def _cutoff(older_than_days: float) -> datetime:
@@ -153,6 +194,20 @@ class DurableExecutionStorage(ABC):
     def cleanup_old_executions(self, older_than_days: float = 7) -> int:
         """Sync twin of `cleanup_old_executions_async`."""
         return run_sync(self.cleanup_old_executions_async(older_than_days))
+
+    def acquire_lease(
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        """Sync twin of `acquire_lease_async`."""
+        return run_sync(self.acquire_lease_async(execution_id, owner, ttl_seconds, steal_from=steal_from))
+
+    def renew_lease(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
+        """Sync twin of `renew_lease_async`."""
+        return run_sync(self.renew_lease_async(execution_id, owner, ttl_seconds))
+
+    def release_lease(self, execution_id: str, owner: str) -> bool:
+        """Sync twin of `release_lease_async`."""
+        return run_sync(self.release_lease_async(execution_id, owner))
 
     def close(self) -> None:
         """Sync twin of `close_async`."""

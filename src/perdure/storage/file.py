@@ -4,6 +4,7 @@ Layout under `path`::
 
     <execution_id>/head.json       the head record (JSON, replaced atomically)
     <execution_id>/journal.jsonl   one JSON line per journal entry, append-only
+    <execution_id>/lease.json      the lease (owner, expiry as epoch seconds), when one is held
 
 Crash safety: a journal entry is appended with a single write and fsync'd before the head is
 replaced (temp file, fsync, `os.replace`, fsync of the directory). A crash in the middle of an
@@ -11,7 +12,8 @@ append leaves a torn last line without a newline; readers ignore it and the next
 off. A crash between the journal fsync and the head replacement leaves the new entry in the
 journal and the previous head: the journal is authoritative for what ran, the head lags by one
 step. Writers of one execution serialize on an `flock` of the journal, so two processes never
-interleave lines.
+interleave lines. Lease operations take the same lock, and every head write or append reads the
+lease under it: that is the write fence.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..codec import JSON, Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
     IncompatibleSchemaError,
+    LeaseLostError,
     StepConflictError,
     StorageUnavailableError,
     UserError,
@@ -43,6 +50,7 @@ __all__ = ["FileDurableStorage"]
 
 HEAD_FILE = "head.json"
 JOURNAL_FILE = "journal.jsonl"
+LEASE_FILE = "lease.json"
 _ENVELOPE_PREFIX = b'{"codec":'
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _CHUNK = 1 << 20
@@ -167,6 +175,108 @@ class FileDurableStorage(DurableExecutionStorage):
             raise
         return fd
 
+    # ---- leases (read and written under the journal lock) ----------------------------------------
+
+    @staticmethod
+    def _read_lease(directory: Path) -> tuple[str, float] | None:
+        try:
+            data = json.loads((directory / LEASE_FILE).read_bytes())
+            return str(data["owner"]), float(data["expires"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):  # a torn lease file is an expired lease
+            logger.warning("ignoring an unreadable lease file in %s", directory)
+            return None
+
+    @staticmethod
+    def _write_lease(directory: Path, owner: str, expires: float) -> None:
+        # No fsync: a lease lost to a power cut is an expired lease, which is what a power cut means.
+        tmp = directory / f".lease-{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp"
+        tmp.write_text(json.dumps({"owner": owner, "expires": expires}))
+        os.replace(tmp, directory / LEASE_FILE)
+
+    def _fence(self, directory: Path, record: ExecutionRecord) -> None:
+        lease = self._read_lease(directory)
+        if lease is not None and lease[0] != record.lease_owner and lease[1] > time.time():
+            raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", lease[0])
+
+    def _with_lease(self, head: ExecutionRecord | None, directory: Path) -> ExecutionRecord | None:
+        if head is not None:
+            lease = self._read_lease(directory)
+            head.lease_owner = lease[0] if lease else None
+            head.lease_expires_at = datetime.fromtimestamp(lease[1], UTC) if lease else None
+        return head
+
+    def _locked_existing(self, execution_id: str) -> tuple[Path, int] | None:
+        """Lock the journal of an execution that exists (None when it has no head)."""
+        directory = self._dir(execution_id)
+        if not (directory / HEAD_FILE).exists():
+            return None
+        return directory, self._open_locked(directory)
+
+    async def acquire_lease_async(
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        ttl = self._check_ttl(ttl_seconds)
+        try:
+            locked = self._locked_existing(execution_id)
+            if locked is None:
+                raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+            directory, fd = locked
+            try:
+                now = time.time()
+                lease = self._read_lease(directory)
+                if lease is not None and lease[0] not in (owner, steal_from) and lease[1] > now:
+                    raise ExecutionLeasedError(execution_id, lease[0], datetime.fromtimestamp(lease[1], UTC))
+                self._write_lease(directory, owner, now + ttl)
+                head = self._read_head(execution_id, directory / HEAD_FILE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageUnavailableError("file", str(exc), execution_id=execution_id) from exc
+        if head is None:
+            raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+        head.lease_owner, head.lease_expires_at = owner, datetime.fromtimestamp(now + ttl, UTC)
+        return head
+
+    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
+        ttl = self._check_ttl(ttl_seconds)
+        try:
+            locked = self._locked_existing(execution_id)
+            if locked is None:
+                raise LeaseLostError(execution_id, owner, None)
+            directory, fd = locked
+            try:
+                lease = self._read_lease(directory)
+                if lease is None or lease[0] != owner:
+                    raise LeaseLostError(execution_id, owner, lease[0] if lease else None)
+                expires = time.time() + ttl
+                self._write_lease(directory, owner, expires)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageUnavailableError("file", str(exc), execution_id=execution_id) from exc
+        return datetime.fromtimestamp(expires, UTC)
+
+    async def release_lease_async(self, execution_id: str, owner: str) -> bool:
+        try:
+            locked = self._locked_existing(execution_id)
+            if locked is None:
+                return False
+            directory, fd = locked
+            try:
+                lease = self._read_lease(directory)
+                if lease is None or lease[0] != owner:
+                    return False
+                (directory / LEASE_FILE).unlink()
+                return True
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageUnavailableError("file", str(exc), execution_id=execution_id) from exc
+
+    # ---- head writes ----------------------------------------------------------------------------
+
     async def save_state_async(self, record: ExecutionRecord) -> None:
         """Replace the head atomically (temp file, fsync, rename)."""
         directory = self._dir(record.execution_id)
@@ -174,6 +284,7 @@ class FileDurableStorage(DurableExecutionStorage):
         try:
             fd = self._open_locked(directory)
             try:
+                self._fence(directory, record)
                 self._write_head(directory, data)
             finally:
                 os.close(fd)
@@ -182,7 +293,8 @@ class FileDurableStorage(DurableExecutionStorage):
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head; None when the execution does not exist."""
-        return self._read_head(execution_id, self._dir(execution_id) / HEAD_FILE)
+        directory = self._dir(execution_id)
+        return self._with_lease(self._read_head(execution_id, directory / HEAD_FILE), directory)
 
     async def delete_state_async(self, execution_id: str) -> bool:
         """Remove the execution directory; return whether it existed."""
@@ -205,7 +317,9 @@ class FileDurableStorage(DurableExecutionStorage):
             if not entry.is_dir() or not _ID.match(entry.name) or entry.name in (".", ".."):
                 continue
             try:
-                head = self._read_head(entry.name, Path(entry.path) / HEAD_FILE)
+                head = self._with_lease(
+                    self._read_head(entry.name, Path(entry.path) / HEAD_FILE), Path(entry.path)
+                )
             except (CorruptRecordError, IncompatibleSchemaError) as exc:
                 logger.warning("skipping unreadable execution record: %s", exc)
                 continue
@@ -247,6 +361,7 @@ class FileDurableStorage(DurableExecutionStorage):
         try:
             fd = self._open_locked(directory)
             try:
+                self._fence(directory, record)
                 count, good = self._journal_state(step.execution_id, fd)
                 if step.seq != count:
                     raise StepConflictError(step.execution_id, step.seq)

@@ -2,7 +2,9 @@
 
 Heads live in `<table>`, journal entries in `<table>_steps`, the layout version in `<table>_meta`.
 A step is one `BEGIN IMMEDIATE` transaction holding the journal insert and the head upsert, so a
-crash leaves both or neither. WAL mode lets readers run while a writer commits, and `busy_timeout`
+crash leaves both or neither. The lease lives in two columns of the heads table that head
+upserts never touch; the upsert's `WHERE` clause is the write fence. WAL mode lets readers run
+while a writer commits, and `busy_timeout`
 makes concurrent writers from other processes wait instead of failing at once.
 """
 
@@ -11,15 +13,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
     IncompatibleSchemaError,
+    LeaseLostError,
     StepConflictError,
     StorageUnavailableError,
     UserError,
@@ -30,6 +36,11 @@ from .base import DurableExecutionStorage, logger, validate_identifier
 __all__ = ["SQLiteDurableStorage"]
 
 _SYNCHRONOUS = ("FULL", "NORMAL")
+_T = TypeVar("_T")
+
+
+def _from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def _ts(moment: datetime) -> str:
@@ -85,18 +96,36 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             f"status=excluded.status, created_at=excluded.created_at, updated_at=excluded.updated_at, "
             f"schema_version=excluded.schema_version, codec=excluded.codec, payload=excluded.payload"
         )
+        # Fenced variant for the engine's writes: an unexpired lease of another owner blocks the update
+        # (rowcount 0), which the caller turns into LeaseLostError inside the same transaction.
+        self._sql_fenced_head = (
+            self._sql_upsert_head
+            + f" WHERE {t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {t}.lease_expires <= ?"
+        )
+        self._sql_lease_get = (
+            f"SELECT codec, payload, lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
+        )
+        self._sql_lease_set = f"UPDATE {t} SET lease_owner = ?, lease_expires = ? WHERE execution_id = ?"
+        self._sql_lease_renew = f"UPDATE {t} SET lease_expires = ? WHERE execution_id = ? AND lease_owner = ?"
+        self._sql_lease_release = (
+            f"UPDATE {t} SET lease_owner = NULL, lease_expires = NULL "
+            f"WHERE execution_id = ? AND lease_owner = ?"
+        )
+        self._sql_lease_holder = f"SELECT lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
         # No SELECT before the insert: the primary key refuses a seq that is already journaled.
         self._sql_insert_step = (
             f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
             f"VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        self._sql_load_head = f"SELECT codec, payload FROM {t} WHERE execution_id = ?"
+        self._sql_load_head = (
+            f"SELECT codec, payload, lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
+        )
         self._sql_load_steps = f"SELECT seq, codec, payload FROM {s} WHERE execution_id = ? ORDER BY seq"
         self._sql_delete_head = f"DELETE FROM {t} WHERE execution_id = ?"
         self._sql_delete_steps = f"DELETE FROM {s} WHERE execution_id = ?"
-        self._sql_all_heads = f"SELECT execution_id, codec, payload FROM {t}"
+        self._sql_all_heads = f"SELECT execution_id, codec, payload, lease_owner, lease_expires FROM {t}"
         self._sql_list = (
-            f"SELECT execution_id, codec, payload FROM {t} {{where}} "
+            f"SELECT execution_id, codec, payload, lease_owner, lease_expires FROM {t} {{where}} "
             f"ORDER BY updated_at DESC, execution_id DESC LIMIT ?"
         )
         self._sql_stats = f"SELECT status, COUNT(*) FROM {t} GROUP BY status"
@@ -107,7 +136,8 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         self._sql_schema = [
             f"CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {t} (execution_id TEXT PRIMARY KEY, status TEXT, "
-            f"created_at TEXT, updated_at TEXT, schema_version INTEGER, codec TEXT, payload BLOB)",
+            f"created_at TEXT, updated_at TEXT, schema_version INTEGER, codec TEXT, payload BLOB, "
+            f"lease_owner TEXT, lease_expires REAL)",
             f"CREATE INDEX IF NOT EXISTS {t}_status_updated ON {t} (status, updated_at)",
             f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)",
             f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
@@ -180,6 +210,10 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             try:
                 for sql in self._sql_schema:
                     conn.execute(sql)
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table_name})")}
+                for column, kind in (("lease_owner", "TEXT"), ("lease_expires", "REAL")):
+                    if column not in columns:  # tables created before leases existed
+                        conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
                 conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
                 found = int(conn.execute(self._sql_meta_get).fetchone()[0])
                 conn.execute("COMMIT")
@@ -214,17 +248,96 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             payload,
         )
 
-    def _decode_head(self, execution_id: str, codec: str, payload: bytes) -> ExecutionRecord:
-        return decode_head(execution_id, payload, codec=codec, location=self._location)
+    def _decode_head(
+        self,
+        execution_id: str,
+        codec: str,
+        payload: bytes,
+        lease_owner: str | None = None,
+        lease_expires: float | None = None,
+    ) -> ExecutionRecord:
+        head = decode_head(execution_id, payload, codec=codec, location=self._location)
+        head.lease_owner = lease_owner
+        head.lease_expires_at = _from_epoch(lease_expires)
+        return head
+
+    def _fenced(self, conn: sqlite3.Connection, record: ExecutionRecord) -> None:
+        """Upsert the head unless another owner's unexpired lease fences it (inside a transaction)."""
+        now = time.time()
+        if (
+            conn.execute(self._sql_fenced_head, (*self._head_row(record), record.lease_owner, now)).rowcount
+            == 0
+        ):
+            holder = conn.execute(self._sql_lease_holder, (record.execution_id,)).fetchone()
+            raise LeaseLostError(
+                record.execution_id, record.lease_owner or "(no lease)", holder[0] if holder else None
+            )
+
+    def _transaction(self, execution_id: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `work` in one immediate transaction, mapping driver errors to StorageUnavailableError."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc, execution_id) from exc
+        return result
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
-        """Upsert the head in its own transaction."""
-        self._write([(self._sql_upsert_head, self._head_row(record))], record.execution_id)
+        """Upsert the head (fenced by the lease) in its own transaction."""
+        self._transaction(record.execution_id, lambda conn: self._fenced(conn, record))
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head; None when the execution does not exist."""
         rows = self._read(self._sql_load_head, (execution_id,), execution_id)
-        return self._decode_head(execution_id, rows[0][0], rows[0][1]) if rows else None
+        return self._decode_head(execution_id, *rows[0]) if rows else None
+
+    async def acquire_lease_async(
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        ttl = self._check_ttl(ttl_seconds)
+
+        def acquire(conn: sqlite3.Connection) -> ExecutionRecord:
+            row = conn.execute(self._sql_lease_get, (execution_id,)).fetchone()
+            if row is None:
+                raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+            now = time.time()
+            codec, payload, holder, expires = row
+            if (
+                holder is not None
+                and holder not in (owner, steal_from)
+                and expires is not None
+                and expires > now
+            ):
+                raise ExecutionLeasedError(execution_id, holder, _from_epoch(expires))
+            conn.execute(self._sql_lease_set, (owner, now + ttl, execution_id))
+            return self._decode_head(execution_id, codec, payload, owner, now + ttl)
+
+        return self._transaction(execution_id, acquire)
+
+    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
+        ttl = self._check_ttl(ttl_seconds)
+
+        def renew(conn: sqlite3.Connection) -> datetime:
+            expires = time.time() + ttl
+            if conn.execute(self._sql_lease_renew, (expires, execution_id, owner)).rowcount == 0:
+                holder = conn.execute(self._sql_lease_holder, (execution_id,)).fetchone()
+                raise LeaseLostError(execution_id, owner, holder[0] if holder else None)
+            return _from_epoch(expires)  # type: ignore[return-value]
+
+        return self._transaction(execution_id, renew)
+
+    async def release_lease_async(self, execution_id: str, owner: str) -> bool:
+        (count,) = self._write([(self._sql_lease_release, (execution_id, owner))], execution_id)
+        return count > 0
 
     async def delete_state_async(self, execution_id: str) -> bool:
         """Delete head and journal in one transaction; return whether either existed."""
@@ -238,13 +351,17 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         """Insert the journal entry and upsert the head in one immediate transaction."""
         codec, payload = self.codec.encode(encode_step(step))
         step_row = (step.execution_id, step.seq, step.kind.value, step.name, step.key, codec, payload)
-        head_row = self._head_row(record)
+        head_row = (*self._head_row(record), record.lease_owner, time.time())
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(self._sql_insert_step, step_row)
-                conn.execute(self._sql_upsert_head, head_row)
+                if conn.execute(self._sql_fenced_head, head_row).rowcount == 0:
+                    holder = conn.execute(self._sql_lease_holder, (record.execution_id,)).fetchone()
+                    raise LeaseLostError(
+                        record.execution_id, record.lease_owner or "(no lease)", holder[0] if holder else None
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -265,9 +382,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
     def _decode_rows(self, rows: Iterable[Any]) -> list[ExecutionRecord]:
         heads = []
-        for execution_id, codec, payload in rows:
+        for execution_id, codec, payload, lease_owner, lease_expires in rows:
             try:
-                heads.append(self._decode_head(execution_id, codec, payload))
+                heads.append(self._decode_head(execution_id, codec, payload, lease_owner, lease_expires))
             except (CorruptRecordError, IncompatibleSchemaError) as exc:
                 logger.warning("skipping unreadable execution record: %s", exc)
         return heads

@@ -1,7 +1,9 @@
 """Build a storage backend from a URL, so deployments choose storage by configuration alone.
 
 Supported: `memory://`, `file://DIR` (`file:///abs/dir`, `file://./rel/dir`), `sqlite:///rel.db` and
-`sqlite:////abs/path.db` (the SQLAlchemy convention) with `?table=NAME&synchronous=NORMAL`.
+`sqlite:////abs/path.db` (the SQLAlchemy convention) with `?table=NAME&synchronous=NORMAL`,
+`redis://` / `rediss://` (see `RedisDurableStorage.from_url`) and `postgresql://` / `postgres://`
+(see `PostgresDurableStorage.from_url`). The server backends import their client lazily.
 Each scheme maps to a builder in `_BUILDERS`; a new backend adds one entry there.
 """
 
@@ -83,24 +85,26 @@ def _sqlite(url: str, path: str, query: dict[str, str], options: dict[str, Any])
     return SQLiteDurableStorage(db_path, **{**kwargs, **options})
 
 
-def _later(name: str) -> _Builder:
-    def build(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> DurableExecutionStorage:
-        raise UserError(
-            f"The {name} storage backend is not available in this version of perdure yet (a later "
-            f"release adds it). Use sqlite:///path.db or file://DIR for now; got {url!r}."
-        )
+def _redis(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> DurableExecutionStorage:
+    from .redis import RedisDurableStorage  # raises UserError naming the `perdure[redis]` extra
 
-    return build
+    return RedisDurableStorage.from_url(url, **options)
+
+
+def _postgres(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> DurableExecutionStorage:
+    from .postgres import PostgresDurableStorage  # raises UserError naming the `perdure[postgres]` extra
+
+    return PostgresDurableStorage.from_url(url, **options)
 
 
 _BUILDERS: dict[str, _Builder] = {
     "memory": _memory,
     "file": _file,
     "sqlite": _sqlite,
-    "redis": _later("Redis"),
-    "rediss": _later("Redis"),
-    "postgresql": _later("PostgreSQL"),
-    "postgres": _later("PostgreSQL"),
+    "redis": _redis,
+    "rediss": _redis,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 
@@ -108,7 +112,9 @@ def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
     """Return the storage backend a URL names.
 
     Args:
-        url: `memory://`, `file://DIR` or `sqlite:///PATH?table=NAME&synchronous=NORMAL`.
+        url: `memory://`, `file://DIR`, `sqlite:///PATH?table=NAME&synchronous=NORMAL`,
+            `redis://[:password@]host:port/db?prefix=P&ttl=S` or
+            `postgresql://user@host:port/db?table_prefix=P`.
         **options: Extra keyword arguments for the backend's constructor (e.g. `codec=`); they
             override parameters given in the URL.
 
