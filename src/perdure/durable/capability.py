@@ -28,11 +28,15 @@ from pydantic_ai.durable_exec import (
 )
 from pydantic_ai.tools import AgentDepsT
 
+from ..errors import UserError
 from ..records import StepKind
 from .journal import UnitIdentity, current_run, serialization_failure
 from .retry import CircuitBreaker, RetryPolicy
 
-__all__ = ["PerdureDurability", "StepConfig"]
+__all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig"]
+
+TOOL_CONFIG_KEY = "perdure"
+"""Key of perdure's per-tool settings in a pydantic-ai tool's `metadata`."""
 
 StepConfig = dict[str, Any]
 """Per-unit configuration: `retry` (RetryPolicy), `circuit_breaker` (CircuitBreaker), `idempotent` (bool).
@@ -58,6 +62,25 @@ def _unit_identity(
         tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name
         return UnitIdentity(StepKind.OTHER, f"validate:{tool_name}", "validate", tool_call_id)
     return UnitIdentity(StepKind.OTHER, name, name)
+
+
+def _tool_config(defaults: StepConfig) -> Callable[[DurableOperationId, object | None, str], StepConfig]:
+    """Merge a tool's `perdure` metadata over the agent's tool defaults."""
+
+    def resolve(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig:
+        tool_def = getattr(tool, "tool_def", None)
+        metadata = getattr(tool_def, "metadata", None) or {}
+        own = metadata.get(TOOL_CONFIG_KEY)
+        if own is None:
+            return defaults
+        if not isinstance(own, dict):
+            raise UserError(
+                f"Tool {tool_name!r} has invalid {TOOL_CONFIG_KEY!r} metadata: expected a dict like "
+                f"{{'idempotent': False, 'retry': RetryPolicy(...)}}, got {type(own).__name__}."
+            )
+        return {**defaults, **own}
+
+    return resolve
 
 
 class _JournalBackend(JournalCallableOperationBackend[StepConfig]):
@@ -155,5 +178,7 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         return _JournalBackend(
             agent_name=self.name,
             default_model_id=self.default_model_id,
-            config=RoleBasedOperationConfig(model=model, event=base, capability=base, tool=tool),
+            config=RoleBasedOperationConfig(
+                model=model, event=base, capability=base, tool=tool, resolve_tool=_tool_config(tool)
+            ),
         )

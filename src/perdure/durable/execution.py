@@ -393,7 +393,11 @@ class DurableExecution:
         kwargs = dict(run_kwargs)
         if round_input is not None:
             run.round = round_input["round"]
-            kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(round_input["messages"])
+            # [facade fix] pydantic-ai refuses a `message_history` that already carries the run's
+            # `run_id` ("already appears in message_history"); every round runs with run_id = the
+            # execution id (stable idempotency keys), so strip it from the stored history.
+            history = [{**m, "run_id": None} if isinstance(m, dict) else m for m in round_input["messages"]]
+            kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(history)
             kwargs["deferred_tool_results"] = approvals_from_json(round_input["approvals"])
             user_prompt: str | None = None
         else:
@@ -463,6 +467,22 @@ class DurableExecution:
     def delete(self) -> bool:
         """Delete this execution's records."""
         return self.storage.delete_state(self.execution_id)
+
+    # ---- recovery ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def recover_interrupted_async(
+        storage: DurableExecutionStorage, agent_resolver: Any, **options: Any
+    ) -> Any:
+        """Resume every interrupted execution whose lease expired; see `perdure.durable.recovery`."""
+        from .recovery import recover_interrupted_async
+
+        return await recover_interrupted_async(storage, agent_resolver, **options)
+
+    @staticmethod
+    def recover_interrupted(storage: DurableExecutionStorage, agent_resolver: Any, **options: Any) -> Any:
+        """Sync twin of `recover_interrupted_async`."""
+        return run_sync(DurableExecution.recover_interrupted_async(storage, agent_resolver, **options))
 
 
 async def _record_end(write: Any, execution_id: str) -> None:

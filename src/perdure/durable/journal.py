@@ -363,7 +363,8 @@ class JournalRun:
             kind=StepKind.TOOL_CALL,
             name=unit.name,
             key=key,
-            result=resolution.result,
+            # pydantic-ai's wire form of a tool call's outcome, as the codec journals a real return.
+            result={"result": resolution.result, "kind": "tool_return"},
             attempt=self._failed_attempts[key] + 1,
         )
         record_durable_unit(executed=False)
