@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import backend_url
 from perdure.durable import DurableExecution
 from perdure.storage import storage_from_url
 
@@ -59,11 +60,9 @@ def _events(ledger: Path, phase: str) -> Counter[str]:
     return counts
 
 
-@pytest.fixture(params=["sqlite", "file"])
+@pytest.fixture(params=["sqlite", "file", "redis", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return (
-        f"sqlite:///{tmp_path / 'crash.db'}" if request.param == "sqlite" else f"file://{tmp_path / 'states'}"
-    )
+    return backend_url(request.param, tmp_path, request)
 
 
 @pytest.fixture(scope="module")

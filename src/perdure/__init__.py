@@ -8,9 +8,31 @@ calls and without repeating finished tool calls.
 from __future__ import annotations
 
 from .agent import Agent, Task, tool
-from .durable import DurableExecution, PerdureDurability
+from .durable import (
+    CircuitBreaker,
+    DurableExecution,
+    PerdureDurability,
+    RetryPolicy,
+    StepContext,
+    ToolResolution,
+    current_step,
+    idempotency_key,
+)
 from .errors import PerdureError
 
-__all__ = ["Agent", "DurableExecution", "PerdureDurability", "PerdureError", "Task", "tool"]
+__all__ = [
+    "Agent",
+    "CircuitBreaker",
+    "DurableExecution",
+    "PerdureDurability",
+    "PerdureError",
+    "RetryPolicy",
+    "StepContext",
+    "Task",
+    "ToolResolution",
+    "current_step",
+    "idempotency_key",
+    "tool",
+]
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..storage import (
     DurableExecutionStorage,
     DurableStorage,
@@ -10,19 +12,44 @@ from ..storage import (
     SQLiteDurableStorage,
     storage_from_url,
 )
-from .capability import PerdureDurability
+from .capability import TOOL_CONFIG_KEY, PerdureDurability
+from .decisions import ToolResolution
 from .execution import AttemptResult, DurableExecution
-from .journal import current_run
+from .journal import ExecutionAborted, StepContext, current_run, current_step, idempotency_key
+from .retry import CircuitBreaker, RetryPolicy
+
+if TYPE_CHECKING:
+    from ..storage.postgres import PostgresDurableStorage
+    from ..storage.redis import RedisDurableStorage
 
 __all__ = [
+    "TOOL_CONFIG_KEY",
     "AttemptResult",
+    "CircuitBreaker",
     "DurableExecution",
     "DurableExecutionStorage",
     "DurableStorage",
+    "ExecutionAborted",
     "FileDurableStorage",
     "InMemoryDurableStorage",
     "PerdureDurability",
+    "PostgresDurableStorage",
+    "RedisDurableStorage",
+    "RetryPolicy",
     "SQLiteDurableStorage",
+    "StepContext",
+    "ToolResolution",
     "current_run",
+    "current_step",
+    "idempotency_key",
     "storage_from_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Server backends are imported on first use (they need the `redis` / `postgres` extras)."""
+    if name in ("RedisDurableStorage", "PostgresDurableStorage"):
+        from .. import storage
+
+        return getattr(storage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
