@@ -1,0 +1,844 @@
+"""Storage on a Redis server: many workers on many machines share executions through one server.
+
+Key layout (every key starts with the configured prefix `P`, default `durable:state:`):
+
+- `P head:<id>`: hash `{c: codec, d: encoded head, s: status}`. `s` duplicates the status of the
+  head body so the write scripts see a status change (and move the execution between status
+  indexes, or drop the expiry of a finished execution written again) without decoding the body.
+- `P journal:<id>`: list of encoded journal entries (`<codec>:<payload>`); the list index is the seq.
+- `P lease:<id>`: hash `{o: owner, e: expiry in microseconds of the Redis server's clock}`, kept
+  apart from the head so head writes never change it.
+- `P idx:all` and `P idx:status:<status>`: sorted sets of execution ids scored by `updated_at` in
+  epoch microseconds (exact in a double until the year 2255, and sub-millisecond updates keep their
+  order); `list_executions` reads them newest first and `get_stats` counts them with `ZCARD`.
+- `P idx:expiry`: sorted set of executions whose keys carry a TTL, scored by the server time in
+  milliseconds at which they expire (see `ttl` below).
+
+Every write is one Lua script run with `EVALSHA`, so the fence check, the seq check, the journal
+append, the head write and the index updates happen atomically: a refused or failed write changes
+nothing. Lease expiry is always compared with the server's clock (`TIME` inside the scripts), so
+workers with skewed clocks agree on who holds a lease. All keys a script touches are passed in
+`KEYS`; the global indexes make the layout unsuitable for Redis Cluster (use one primary, with
+replicas and persistence as needed). Needs Redis 5 or newer (scripts replicate their effects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .._sync import run_sync
+from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
+from ..errors import (
+    CorruptRecordError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
+    IncompatibleSchemaError,
+    LeaseLostError,
+    StepConflictError,
+    StorageUnavailableError,
+    UserError,
+)
+from ..records import ExecutionRecord, ExecutionStatus, StepRecord
+from .base import DurableExecutionStorage, logger
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as redis_errors
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.commands.core import AsyncScript
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise UserError(
+        "RedisDurableStorage needs the 'redis' package: install it with `pip install 'perdure[redis]'`."
+    ) from _exc
+
+__all__ = ["RedisDurableStorage"]
+
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_STATUSES = [s.value for s in ExecutionStatus]
+_FINISHED = (ExecutionStatus.COMPLETED.value, ExecutionStatus.CANCELLED.value)
+_BATCH = 256
+"""Ids read per index page (list, cleanup) and expired executions forgotten per script call."""
+_URL_PARAMS = ("prefix", "socket_timeout", "ttl")
+
+# ---- Lua ----------------------------------------------------------------------------------------
+# Per-execution scripts get KEYS = head, journal, lease, idx:all, idx:expiry, idx:status:<s>... in
+# `_STATUSES` order (see `_Keys.execution`).
+
+# Lua tables built from the Python enums, so the scripts can never disagree with them.
+_LUA_TABLES = (
+    f"local STATUS_INDEX = {{{', '.join(f'[{name!r}] = {i}' for i, name in enumerate(_STATUSES))}}}\n"
+    f"local FINISHED = {{{', '.join(f'[{name!r}] = true' for name in _FINISHED)}}}\n"
+)
+
+_LUA_COMMON = (
+    _LUA_TABLES
+    + """local FIRST_STATUS_KEY = 6
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The holder of an unexpired lease that is not `owner`, or nil when `owner` may write.
+local function fence(owner)
+  local held = redis.call('HMGET', KEYS[3], 'o', 'e')
+  if held[1] and held[1] ~= owner and tonumber(held[2]) > now_us() then
+    return held[1]
+  end
+  return nil
+end
+
+-- Write the head and keep the indexes and the TTL of the execution's keys in step with its status.
+local function put_head(id, codec, payload, status, score, ttl_ms)
+  local old = redis.call('HGET', KEYS[1], 's')
+  redis.call('HSET', KEYS[1], 'c', codec, 'd', payload, 's', status)
+  if old ~= status then
+    -- Remove from every other status index, not only the stored one: a head that expired or was
+    -- replaced by a raw write leaves no trustworthy old status behind.
+    for name, offset in pairs(STATUS_INDEX) do
+      if name ~= status then
+        redis.call('ZREM', KEYS[FIRST_STATUS_KEY + offset], id)
+      end
+    end
+  end
+  redis.call('ZADD', KEYS[4], score, id)
+  if STATUS_INDEX[status] then
+    redis.call('ZADD', KEYS[FIRST_STATUS_KEY + STATUS_INDEX[status]], score, id)
+  end
+  if ttl_ms > 0 and FINISHED[status] then
+    for i = 1, 3 do
+      redis.call('PEXPIRE', KEYS[i], ttl_ms)
+    end
+    redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + ttl_ms), id)
+  elseif old and FINISHED[old] then
+    for i = 1, 3 do
+      redis.call('PERSIST', KEYS[i])
+    end
+    redis.call('ZREM', KEYS[5], id)
+  end
+end
+"""
+)
+
+# ARGV: id, owner, codec, payload, status, score, ttl_ms
+_LUA_SAVE = (
+    _LUA_COMMON
+    + """
+local holder = fence(ARGV[2])
+if holder then
+  return {'lease', holder}
+end
+put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+return {'ok'}
+"""
+)
+
+# ARGV: id, owner, codec, payload, status, score, ttl_ms, seq, entry
+_LUA_APPEND = (
+    _LUA_COMMON
+    + """
+local holder = fence(ARGV[2])
+if holder then
+  return {'lease', holder}
+end
+local seq = tonumber(ARGV[8])
+local length = redis.call('LLEN', KEYS[2])
+if length ~= seq then
+  -- A client retry of this very write whose reply was lost finds its own entry last: done already.
+  if length ~= seq + 1 or redis.call('LINDEX', KEYS[2], seq) ~= ARGV[9] then
+    return {'conflict', length}
+  end
+else
+  redis.call('RPUSH', KEYS[2], ARGV[9])
+end
+put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+return {'ok'}
+"""
+)
+
+# ARGV: id, only_if_gone ('1': forget index entries of an execution whose head expired)
+_LUA_DELETE = (
+    _LUA_COMMON
+    + """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + pttl), ARGV[1])
+  else
+    redis.call('ZREM', KEYS[5], ARGV[1])
+  end
+  return 0
+end
+local existed = redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[3])
+for i = 4, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+return existed
+"""
+)
+
+# KEYS: head, lease. ARGV: owner, ttl_us, steal ('1' to take the lease from ARGV[4] too), steal_from
+_LUA_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local held = redis.call('HMGET', KEYS[2], 'o', 'e')
+local stealable = ARGV[3] == '1' and held[1] == ARGV[4]
+if held[1] and held[1] ~= ARGV[1] and not stealable and tonumber(held[2]) > now then
+  return {'leased', held[1], held[2]}
+end
+local expires = string.format('%.0f', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[2], 'o', ARGV[1], 'e', expires)
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], pttl)
+end
+local head = redis.call('HMGET', KEYS[1], 'c', 'd')
+return {'ok', expires, head[1], head[2]}
+"""
+
+# KEYS: head, lease. ARGV: owner, ttl_us
+_LUA_RENEW = """
+local holder = redis.call('HGET', KEYS[2], 'o')
+if redis.call('EXISTS', KEYS[1]) == 0 or holder ~= ARGV[1] then
+  return {'lost', holder or ''}
+end
+local t = redis.call('TIME')
+local expires = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[2], 'e', expires)
+return {'ok', expires}
+"""
+
+# KEYS: lease. ARGV: owner
+_LUA_RELEASE = """
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: idx:expiry, idx:status:<s>... ARGV: batch. Counts, or the executions due for forgetting first.
+_LUA_STATS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #due > 0 then
+  return {'due', due}
+end
+local counts = {}
+for i = 2, #KEYS do
+  counts[i - 1] = redis.call('ZCARD', KEYS[i])
+end
+return {'ok', counts}
+"""
+
+_SCRIPTS = {
+    "save": _LUA_SAVE,
+    "append": _LUA_APPEND,
+    "delete": _LUA_DELETE,
+    "acquire": _LUA_ACQUIRE,
+    "renew": _LUA_RENEW,
+    "release": _LUA_RELEASE,
+    "stats": _LUA_STATS,
+}
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _micros(moment: datetime) -> int:
+    """Exact epoch microseconds (naive datetimes are taken as UTC, as everywhere in perdure)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICRO
+
+
+def _from_micros(value: bytes | str | int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _validate_prefix(prefix: str) -> str:
+    """Refuse prefixes that are empty or would be mangled by logs and CLI tools (whitespace)."""
+    if not isinstance(prefix, str) or not prefix:
+        raise UserError(f"Redis key prefix must be a non-empty string, got {prefix!r}.")
+    if len(prefix) > 200 or any(ch.isspace() or not ch.isprintable() for ch in prefix):
+        raise UserError(
+            f"Invalid Redis key prefix {prefix!r}: use at most 200 printable characters without spaces "
+            f"or newlines, e.g. 'durable:state:' or 'myapp:runs:'."
+        )
+    return prefix
+
+
+def _seconds(value: Any, what: str) -> float:
+    """A positive, finite number of seconds, or `UserError` naming the setting."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise UserError(f"{what} must be a positive number of seconds, got {value!r}.")
+    return number
+
+
+def _connection_options(url: str) -> dict[str, Any]:
+    """Client keywords for a `redis://` / `rediss://` URL without query parameters."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        raise UserError(f"RedisDurableStorage needs a redis:// or rediss:// URL, got {url!r}.")
+    if parts.query or parts.fragment:
+        raise UserError(
+            f"Pass query parameters through RedisDurableStorage.from_url({url!r}) or storage_from_url, "
+            f"not the url= argument."
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise UserError(f"Invalid port in Redis URL {url!r}.") from exc
+    path = parts.path.strip("/")
+    if not path.isdigit() and path:
+        raise UserError(
+            f"The path of a Redis URL is the database number, e.g. redis://host:6379/0; got {url!r}."
+        )
+    return {
+        "host": parts.hostname or "localhost",
+        "port": port,
+        "db": int(path or 0),
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+        "ssl": scheme == "rediss",
+    }
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Key names of one storage prefix."""
+
+    prefix: str
+
+    def head(self, execution_id: str) -> str:
+        return f"{self.prefix}head:{execution_id}"
+
+    def journal(self, execution_id: str) -> str:
+        return f"{self.prefix}journal:{execution_id}"
+
+    def lease(self, execution_id: str) -> str:
+        return f"{self.prefix}lease:{execution_id}"
+
+    @property
+    def all(self) -> str:
+        return f"{self.prefix}idx:all"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.prefix}idx:expiry"
+
+    def status(self, status: str) -> str:
+        return f"{self.prefix}idx:status:{status}"
+
+    def statuses(self) -> list[str]:
+        return [self.status(s) for s in _STATUSES]
+
+    def execution(self, execution_id: str) -> list[str]:
+        """KEYS of the per-execution scripts, in the order `_LUA_COMMON` expects."""
+        return [
+            self.head(execution_id),
+            self.journal(execution_id),
+            self.lease(execution_id),
+            self.all,
+            self.expiry,
+            *self.statuses(),
+        ]
+
+
+@dataclass
+class _Conn:
+    """A client bound to one event loop, with the scripts registered on it."""
+
+    client: aioredis.Redis
+    scripts: dict[str, AsyncScript]
+    guard: AsyncGenerator[None, None]
+    """Started on the client's loop; closes the client when that loop shuts down (see `_closing`)."""
+    thread: threading.Thread
+    """The thread that created the client; once it died, nothing else runs that loop any more."""
+
+    def orphaned(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether `loop` can no longer serve this client: closed, or its thread is gone."""
+        return loop.is_closed() or (not self.thread.is_alive() and not loop.is_running())
+
+
+async def _closing(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+    """Close `client` when this generator is closed.
+
+    Once iterated on a loop, the loop tracks the generator and `asyncio.run` / `asyncio.Runner`
+    close it before closing the loop (`shutdown_asyncgens`), so a client of a loop that ends before
+    `close()` is called still closes its connections on its own loop instead of leaking them.
+    """
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis_errors.RedisError, OSError, RuntimeError):
+            await client.aclose()
+
+
+class RedisDurableStorage(DurableExecutionStorage):
+    """Durable storage on a Redis server (redis-py's asyncio client), shared by many workers.
+
+    Every write is one atomic Lua script; leases and write fencing use the server's clock; listing
+    and statistics read sorted-set indexes instead of scanning keys. See the module docstring for
+    the key layout.
+
+    `ttl` applies to executions that reach `completed` or `cancelled`: their head, journal and lease
+    keys get that expiry, so finished runs clean themselves up. `failed` and `paused` executions
+    never expire, because they are waiting to be resumed (a retry, an approval) and expiring them
+    would silently lose a run someone still means to finish; `success` means in progress. A finished
+    execution that is written again with another status loses its expiry. Redis removes expired keys
+    on its own, so their index entries are tracked in `P idx:expiry`: `get_stats` first forgets the
+    index entries of executions whose expiry passed (in the same script that counts, by the server's
+    clock), and `list_executions` skips and forgets ids whose head is gone, so neither reports
+    expired executions.
+
+    Args:
+        host: Server host (ignored when `url` is given).
+        port: Server port.
+        db: Database number.
+        password: Server password (`requirepass` / ACL password).
+        prefix: Prefix of every key, so several applications or tests can share one database.
+        ttl: Seconds after which completed and cancelled executions expire; None keeps them.
+        url: `redis://[[user]:password@]host:port/db` or `rediss://...` (TLS) instead of
+            host/port/db/password; use `from_url` for a URL with `?prefix=...&ttl=...`.
+        codec: Payload codec; `Codec(compress_above=...)` zstd-compresses large records.
+        socket_timeout: Seconds to wait for the server before a call fails with
+            `StorageUnavailableError` (also the connect timeout).
+
+    A redis-py asyncio client belongs to the event loop it first ran on, so one client is kept per
+    loop (the sync twins run on a loop of their own per thread); clients of loops whose thread
+    ended are closed when the next loop's client is created. Connection failures are retried twice within
+    a fraction of a second, then raised as `StorageUnavailableError`. A retried step append whose
+    first attempt was applied but whose reply was lost finds its own entry (byte-identical, last in
+    the journal) and succeeds instead of reporting a conflict; any other writer of that seq gets
+    `StepConflictError`.
+
+    """
+
+    backend_name = "redis"
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        prefix: str = "durable:state:",
+        ttl: float | None = None,
+        *,
+        url: str | None = None,
+        codec: Codec | None = None,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        if url is not None:
+            options = _connection_options(url)
+        else:
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise UserError(f"Redis port must be an integer between 1 and 65535, got {port!r}.")
+            options = {"host": host, "port": port, "db": db, "username": None, "password": password}
+            options["ssl"] = False
+        if not isinstance(options["db"], int) or options["db"] < 0:
+            raise UserError(f"Redis database number must be a non-negative integer, got {options['db']!r}.")
+        self.prefix = _validate_prefix(prefix)
+        self.ttl = None if ttl is None else _seconds(ttl, "ttl")
+        self.socket_timeout = _seconds(socket_timeout, "socket_timeout")
+        self.codec = codec or Codec()
+        self.host, self.port, self.db = options["host"], options["port"], options["db"]
+        self._ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))
+        self._client_options = {
+            **options,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "retry": Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
+            "decode_responses": False,
+        }
+        scheme = "rediss" if options["ssl"] else "redis"
+        self._where = f"{scheme}://{self.host}:{self.port}/{self.db}"
+        self._keys = _Keys(self.prefix)
+        self._conns: dict[asyncio.AbstractEventLoop, _Conn] = {}
+        self._conns_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisDurableStorage:
+        """Build a storage from `redis://[:password@]host:port/db?prefix=P&ttl=SECONDS` (or `rediss://`).
+
+        `socket_timeout=SECONDS` is accepted too. Keyword `options` (e.g. `codec=`) override the
+        URL's parameters. Unknown parameters raise `UserError`, so a typo does not silently fall
+        back to a default prefix and mix two applications' executions.
+        """
+        base, _, query_text = url.partition("?")
+        try:
+            query = dict(parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text)))
+        except ValueError as exc:
+            raise UserError(f"Malformed query string in Redis URL {url!r}: {exc}.") from exc
+        unknown = sorted(set(query) - set(_URL_PARAMS))
+        if unknown:
+            raise UserError(
+                f"Unknown parameter(s) {', '.join(unknown)} in Redis URL {url!r}; "
+                f"supported: {', '.join(_URL_PARAMS)}."
+            )
+        kwargs: dict[str, Any] = {"url": base}
+        if "prefix" in query:
+            kwargs["prefix"] = query["prefix"]
+        for name in ("ttl", "socket_timeout"):
+            if name in query:
+                kwargs[name] = _seconds(query[name], f"{name} in Redis URL {url!r}")
+        return cls(**{**kwargs, **options})
+
+    def __repr__(self) -> str:
+        return f"RedisDurableStorage({self._where!r}, prefix={self.prefix!r}, ttl={self.ttl!r})"
+
+    # ---- connections --------------------------------------------------------------------------------
+
+    async def _conn(self) -> _Conn:
+        """Return the running loop's client, created on first use (a client cannot move between loops)."""
+        loop = asyncio.get_running_loop()
+        with self._conns_lock:
+            conn = self._conns.get(loop)
+            if conn is not None:
+                return conn
+            # Sync twins called from short-lived threads leave a loop per thread behind: reap their
+            # clients here, or a long-running process would pile up server connections.
+            orphans = {lp: c for lp, c in self._conns.items() if c.orphaned(lp)}
+            for orphan in orphans:
+                del self._conns[orphan]
+            client = aioredis.Redis(**self._client_options)
+            scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
+            conn = _Conn(client, scripts, _closing(client), threading.current_thread())
+            self._conns[loop] = conn
+        await anext(conn.guard)
+        await _close_all(orphans)
+        return conn
+
+    async def close_async(self) -> None:
+        """Close every loop's client; a later call opens new ones (see `_close_all`)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, {}
+        await _close_all(conns)
+
+    @contextlib.contextmanager
+    def _errors(self, execution_id: str | None) -> Iterator[None]:
+        """Turn redis-py's errors into perdure's typed ones."""
+        try:
+            yield
+        except (
+            redis_errors.ConnectionError,
+            redis_errors.TimeoutError,
+            redis_errors.OutOfMemoryError,
+            redis_errors.ReadOnlyError,
+            redis_errors.TryAgainError,
+            redis_errors.ClusterDownError,
+            redis_errors.ExecAbortError,
+        ) as exc:
+            raise self._unavailable(exc, execution_id) from exc
+        except redis_errors.ResponseError as exc:
+            message = str(exc)
+            if any(code in message for code in ("MISCONF", "NOREPLICAS", "BUSY", "OOM", "READONLY")):
+                raise self._unavailable(exc, execution_id) from exc
+            if "WRONGTYPE" in message:
+                raise UserError(
+                    f"Redis keys under prefix {self.prefix!r} at {self._where} hold data that perdure did "
+                    f"not write ({message}); choose a prefix no other application uses."
+                ) from exc
+            raise
+
+    def _unavailable(self, exc: Exception, execution_id: str | None) -> StorageUnavailableError:
+        detail = f"{self._where}: {type(exc).__name__}: {exc}"
+        return StorageUnavailableError("redis", detail, execution_id=execution_id)
+
+    async def _script(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], execution_id: str | None
+    ) -> Any:
+        conn = await self._conn()
+        with self._errors(execution_id):
+            return await conn.scripts[name](keys=keys, args=args)
+
+    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]], execution_id: str | None) -> T:
+        conn = await self._conn()
+        with self._errors(execution_id):
+            return await op(conn.client)
+
+    async def _delete_batch(self, ids: Sequence[str], *, only_if_gone: bool) -> list[Any]:
+        """Run the delete script for each id in one pipeline (one round trip, each delete atomic)."""
+        conn = await self._conn()
+        flag = "1" if only_if_gone else "0"
+        with self._errors(None):
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for eid in ids:
+                    await conn.scripts["delete"](
+                        keys=self._keys.execution(eid), args=[eid, flag], client=pipe
+                    )
+                return await pipe.execute()
+
+    # ---- encoding -----------------------------------------------------------------------------------
+
+    def _location(self, execution_id: str) -> str:
+        return f"{self._where} key {self._keys.head(execution_id)}"
+
+    def _head_args(self, record: ExecutionRecord) -> list[Any]:
+        """ARGV 1-7 of the head-writing scripts."""
+        codec, payload = self.codec.encode(encode_head(record))
+        return [
+            record.execution_id,
+            record.lease_owner or "",
+            codec,
+            payload,
+            record.status.value,
+            str(_micros(record.updated_at)),
+            str(self._ttl_ms),
+        ]
+
+    def _decode(self, execution_id: str, head: Sequence[Any], lease: Sequence[Any]) -> ExecutionRecord:
+        """Decode a head hash `[c, d]` and attach the stored lease `[o, e]`; raises typed errors."""
+        codec, payload = head
+        record = decode_head(execution_id, payload, codec=_text(codec), location=self._location(execution_id))
+        owner, expires = lease
+        record.lease_owner = _text(owner) if owner is not None else None
+        record.lease_expires_at = _from_micros(expires) if owner is not None and expires else None
+        return record
+
+    def _decode_step(self, execution_id: str, seq: int, raw: bytes) -> StepRecord:
+        codec, _, payload = raw.partition(b":")
+        return decode_step(
+            execution_id,
+            seq,
+            payload,
+            codec=codec.decode(errors="replace"),
+            location=f"{self._where} key {self._keys.journal(execution_id)}",
+        )
+
+    # ---- contract -----------------------------------------------------------------------------------
+
+    async def save_state_async(self, record: ExecutionRecord) -> None:  # noqa: D102
+        eid = record.execution_id
+        reply = await self._script("save", self._keys.execution(eid), self._head_args(record), eid)
+        self._check_write(record, reply)
+
+    def _check_write(self, record: ExecutionRecord, reply: list[Any]) -> None:
+        if reply[0] == b"lease":
+            raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", _text(reply[1]))
+
+    async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:  # noqa: D102
+        [(head, lease)] = await self._fetch([execution_id], execution_id)
+        if head[1] is None:
+            return None
+        return self._decode(execution_id, head, lease)
+
+    async def _fetch(
+        self, ids: Sequence[str], execution_id: str | None = None
+    ) -> list[tuple[list[Any], list[Any]]]:
+        """Head `[c, d]` and lease `[o, e]` of each id, read in one MULTI so each pair is consistent."""
+
+        async def op(client: aioredis.Redis) -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                for eid in ids:
+                    pipe.hmget(self._keys.head(eid), ["c", "d"])
+                    pipe.hmget(self._keys.lease(eid), ["o", "e"])
+                return await pipe.execute()
+
+        replies = await self._call(op, execution_id)
+        return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+
+    async def delete_state_async(self, execution_id: str) -> bool:  # noqa: D102
+        keys = self._keys.execution(execution_id)
+        return bool(await self._script("delete", keys, [execution_id, "0"], execution_id))
+
+    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:  # noqa: D102
+        codec, payload = self.codec.encode(encode_step(step))
+        args = [*self._head_args(record), str(step.seq), codec.encode() + b":" + payload]
+        keys = self._keys.execution(record.execution_id)
+        reply = await self._script("append", keys, args, record.execution_id)
+        self._check_write(record, reply)
+        if reply[0] == b"conflict":
+            raise StepConflictError(step.execution_id, step.seq)
+
+    async def load_steps_async(self, execution_id: str) -> list[StepRecord]:  # noqa: D102
+        key = self._keys.journal(execution_id)
+        entries = cast(list[bytes], await self._call(lambda client: client.lrange(key, 0, -1), execution_id))
+        return [self._decode_step(execution_id, seq, raw) for seq, raw in enumerate(entries)]
+
+    async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
+        return await self.list_executions_async()
+
+    # ---- leases -------------------------------------------------------------------------------------
+
+    async def acquire_lease_async(  # noqa: D102
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        ttl_us = round(self._check_ttl(ttl_seconds) * 1_000_000)
+        keys = [self._keys.head(execution_id), self._keys.lease(execution_id)]
+        steal = ["0", ""] if steal_from is None else ["1", steal_from]
+        reply = await self._script("acquire", keys, [owner, str(ttl_us), *steal], execution_id)
+        if reply[0] == b"missing":
+            raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+        if reply[0] == b"leased":
+            raise ExecutionLeasedError(execution_id, _text(reply[1]), _from_micros(reply[2]))
+        return self._decode(execution_id, [reply[2], reply[3]], [owner.encode(), reply[1]])
+
+    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:  # noqa: D102
+        ttl_us = round(self._check_ttl(ttl_seconds) * 1_000_000)
+        keys = [self._keys.head(execution_id), self._keys.lease(execution_id)]
+        reply = await self._script("renew", keys, [owner, str(ttl_us)], execution_id)
+        if reply[0] == b"lost":
+            raise LeaseLostError(execution_id, owner, _text(reply[1]) or None)
+        return _from_micros(reply[1])
+
+    async def release_lease_async(self, execution_id: str, owner: str) -> bool:  # noqa: D102
+        reply = await self._script("release", [self._keys.lease(execution_id)], [owner], execution_id)
+        return bool(reply)
+
+    # ---- indexed queries ----------------------------------------------------------------------------
+
+    async def list_executions_async(
+        self, status: ExecutionStatus | str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Page through the `updated_at` index newest first, decoding only the heads returned.
+
+        Damaged heads are skipped with a warning; ids whose head expired are skipped and their index
+        entries forgotten.
+        """
+        key = self._keys.all if status is None else self._keys.status(ExecutionStatus(status).value)
+        wanted = None if limit is None else max(limit, 0)
+        heads: list[ExecutionRecord] = []
+        seen: set[str] = set()
+        gone: list[str] = []
+        start = 0
+        while wanted is None or len(heads) < wanted:
+            page = _BATCH if wanted is None else min(wanted - len(heads), _BATCH)
+            raw_ids = await self._page(key, start, page)
+            if not raw_ids:
+                break
+            start += len(raw_ids)
+            ids = [i for i in (_text(r) for r in raw_ids) if i not in seen]
+            seen.update(ids)
+            for eid, (head, lease) in zip(ids, await self._fetch(ids), strict=True):
+                if head[1] is None:
+                    gone.append(eid)
+                    continue
+                try:
+                    heads.append(self._decode(eid, head, lease))
+                except (CorruptRecordError, IncompatibleSchemaError) as exc:
+                    logger.warning("skipping unreadable execution record: %s", exc)
+            if len(raw_ids) < page:
+                break
+        if gone:
+            await self._forget(gone)
+        return heads if wanted is None else heads[:wanted]
+
+    async def _page(self, key: str, start: int, count: int) -> list[bytes]:
+        """Ids at ranks `start`.. of an index, newest first."""
+        return cast(list[bytes], await self._call(lambda c: c.zrevrange(key, start, start + count - 1), None))
+
+    async def _forget(self, ids: Sequence[str]) -> None:
+        """Drop the index entries of executions whose head is gone (expired); keep live ones."""
+        await self._delete_batch(ids, only_if_gone=True)
+
+    async def get_stats_async(self) -> dict[str, Any]:
+        """Count the status indexes with `ZCARD`, after forgetting executions whose keys expired.
+
+        Damaged heads written by `_put_raw_head` carry no status and are left out of both counts.
+        """
+        keys = [self._keys.expiry, *self._keys.statuses()]
+        for _ in range(10_000):  # each round forgets up to _BATCH expired executions
+            kind, values = await self._script("stats", keys, [_BATCH], None)
+            if kind == b"ok":
+                by_status = dict(zip(_STATUSES, (int(v) for v in values), strict=True))
+                return {
+                    "backend": self.backend_name,
+                    "total_executions": sum(by_status.values()),
+                    "by_status": by_status,
+                }
+            await self._forget([_text(v) for v in values])
+        raise StorageUnavailableError(
+            "redis", f"{self._where}: expiry index did not settle"
+        )  # pragma: no cover
+
+    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+        """Delete executions whose `updated_at` is older than the cutoff, found by index range."""
+        cutoff = f"({_micros(self._cutoff(older_than_days))}"
+        deleted = 0
+        while True:
+            raw_ids = cast(
+                list[bytes],
+                await self._call(
+                    lambda c: c.zrangebyscore(self._keys.all, "-inf", cutoff, start=0, num=_BATCH), None
+                ),
+            )
+            if not raw_ids:
+                return deleted
+            replies = await self._delete_batch([_text(r) for r in raw_ids], only_if_gone=False)
+            deleted += sum(1 for existed in replies if existed)
+
+    # ---- test hook ----------------------------------------------------------------------------------
+
+    def _put_raw_head(self, execution_id: str, payload: bytes) -> None:
+        """Store `payload` as the head body as-is, the way a bad disk or a bad deploy would.
+
+        The execution stays in the `updated_at` index (so list finds and skips it) but leaves the
+        status indexes, as its status is unknown.
+        """
+        now = datetime.now(UTC)
+        args = [execution_id, "", "json", payload, "", str(_micros(now)), "0"]
+        run_sync(self._script("save", self._keys.execution(execution_id), args, execution_id))
+
+
+async def _close_all(conns: dict[asyncio.AbstractEventLoop, _Conn]) -> None:
+    """Close clients, each on its own loop.
+
+    The current loop's client is closed here. A loop that was closed already closed its client (see
+    `_closing`). A loop whose thread is gone is run once more on a worker thread to close its client,
+    since nothing else will ever run it. A loop of a live thread gets the close scheduled for when it
+    next runs, without waiting: it may be the loop blocked in the sync twin running this very call.
+    """
+    current = asyncio.get_running_loop()
+    for loop, conn in conns.items():
+        if loop is current:
+            await conn.guard.aclose()
+        elif loop.is_closed():
+            continue
+        elif conn.orphaned(loop):
+            await asyncio.to_thread(_close_on, loop, conn.guard)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_close_later, loop, conn.guard)
+
+
+def _close_on(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
+    """Run an orphaned loop until the client's close finished (from a worker thread)."""
+    with contextlib.suppress(RuntimeError):  # someone started running the loop meanwhile
+        loop.run_until_complete(guard.aclose())
+
+
+def _close_later(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
+    """Close a client on its own loop, as a callback scheduled there from another thread."""
+    loop.create_task(guard.aclose())
