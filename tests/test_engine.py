@@ -152,7 +152,7 @@ def test_same_agent_resumes_after_exception_and_retry_resumes_from_journal() -> 
     storage = InMemoryDurableStorage()
     FAIL_ON.add("validate_data")
     model = CountingModel()
-    agent = Agent(model, retry=0)
+    agent = Agent(model, retry=1)  # one attempt: no internal resume
     task = Task(PROMPT, tools=TOOLS, durable_execution=DurableExecution(storage, auto_cleanup=False))
     with pytest.raises(RuntimeError):
         agent.do(task)
@@ -179,9 +179,31 @@ def test_agent_retry_resumes_instead_of_restarting() -> None:
 
     model = CountingModel()
     task = Task("Fetch and flaky", tools=[fetch_data, flaky], durable_execution=DurableExecution(storage))
-    Agent(model, retry=2).do(task)
+    # retry = total attempts (the seed's meaning): the second attempt resumes from the journal.
+    out = Agent(model, retry=2).do(task, return_output=True)
     assert Counter(fetch_data=1, flaky=2) == CALLS
     assert model.requests == 3  # not 3 + the 2 before the failure
+    assert out.attempts == 2 and out.replay.replayed_model_requests == 2
+
+
+def test_agent_retry_counts_attempts_not_extra_resumes() -> None:
+    state = {"failures": 2}
+
+    @tool
+    def flaky(source: str) -> str:
+        """A tool that fails twice."""
+        CALLS["flaky"] += 1
+        if state["failures"]:
+            state["failures"] -= 1
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    agent = Agent(ScriptedModel(), retry=2)
+    task = Task("Fetch and flaky", tools=[fetch_data, flaky], durable_execution=DurableExecution())
+    with pytest.raises(ConnectionError):
+        agent.do(task)
+    assert CALLS["flaky"] == 2 and CALLS["fetch_data"] == 1
+    assert agent.last_run_output is not None and agent.last_run_output.attempts == 2
 
 
 def test_any_pydantic_ai_agent_with_the_capability() -> None:
@@ -429,6 +451,7 @@ def test_model_required_and_bad_retry() -> None:
         Agent(None).do(Task("x"))
     with pytest.raises(UserError):
         Agent(ScriptedModel(), retry=-1)
+    assert Agent(ScriptedModel(), retry=0).retry == 1  # the old "no extra resumes" still means one attempt
 
 
 def test_errors_pickle() -> None:

@@ -1,9 +1,10 @@
-"""The seed-compatible facade: `Agent`, `Task` and `@tool`."""
+"""The seed-compatible facade: `Agent`, `Task`, `@tool` and the run output object."""
 
 from __future__ import annotations
 
 from .agent import Agent
+from .output import AgentRunOutput
 from .task import Task
 from .tools import ToolOptions, tool
 
-__all__ = ["Agent", "Task", "ToolOptions", "tool"]
+__all__ = ["Agent", "AgentRunOutput", "Task", "ToolOptions", "tool"]

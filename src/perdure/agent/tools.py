@@ -13,7 +13,9 @@ from typing import Any, TypeVar, overload
 
 from pydantic_ai import Tool
 
-from ..errors import ToolNotFoundError
+from ..durable.capability import TOOL_CONFIG_KEY
+from ..durable.retry import RetryPolicy
+from ..errors import ToolNotFoundError, UserError
 from ..records import ToolRef
 
 __all__ = [
@@ -21,10 +23,13 @@ __all__ = [
     "ToolLike",
     "import_ref",
     "object_ref",
+    "requires_approval",
     "resolve_tools",
+    "to_pydantic_tool",
+    "to_tool_ref",
     "tool",
     "tool_name",
-    "to_tool_ref",
+    "tool_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,13 +40,35 @@ _OPTIONS_ATTR = "__perdure_tool__"
 
 @dataclass(frozen=True)
 class ToolOptions:
-    """Options attached to a function by `@tool`."""
+    """Options attached to a function by `@tool`.
+
+    `idempotent` and `retry` are perdure's own: they become the tool's `perdure` metadata, which the
+    durable engine reads per call (see `PerdureDurability`). The others are pydantic-ai's.
+    """
 
     name: str | None = None
     description: str | None = None
     retries: int | None = None
+    """Validation retries the model gets for this tool (pydantic-ai's `max_retries`)."""
     requires_approval: bool = False
     idempotent: bool = True
+    retry: RetryPolicy | None = None
+    """Durable retry policy of this tool's calls; overrides the agent's `tool_retry_policy`."""
+
+    def perdure_config(self) -> dict[str, Any]:
+        """The tool's `perdure` metadata: only the keys that differ from the engine's defaults.
+
+        Defaults are left out so a tool without options carries no metadata and inherits the agent's
+        settings. One deliberate exception: a non-idempotent tool without a policy of its own gets
+        `retry: None`, opting it out of the agent-wide `tool_retry_policy`, because an automatic
+        retry after an error that struck mid-effect would repeat the effect (charge twice).
+        """
+        config: dict[str, Any] = {}
+        if not self.idempotent:
+            config["idempotent"] = False
+        if self.retry is not None or not self.idempotent:
+            config["retry"] = self.retry
+        return config
 
 
 @overload
@@ -54,6 +81,7 @@ def tool(
     retries: int | None = None,
     requires_approval: bool = False,
     idempotent: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[F], F]: ...
 def tool(
     func: F | None = None,
@@ -64,13 +92,37 @@ def tool(
     retries: int | None = None,
     requires_approval: bool = False,
     idempotent: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> F | Callable[[F], F]:
     """Mark a function as an agent tool, optionally with options.
 
     The function itself is returned (options are attached to it), so it stays importable by its
-    module path and can be called directly in tests. Plain functions work as tools too.
+    module path and can be called directly in tests. Plain functions work as tools too, with the
+    defaults below.
+
+    Args:
+        func: The function (when used as a bare `@tool`).
+        name: Name the model sees (default: the function's name).
+        description: Description the model sees (default: the docstring).
+        retries: How often the model may retry invalid arguments (pydantic-ai's `max_retries`).
+        requires_approval: Every call waits for a human decision: a durable run ends `paused` and
+            `Agent.do` returns pydantic-ai's `DeferredToolRequests` until `continue_durable` /
+            `continue_run` is given `approvals=`.
+        idempotent: Whether running the tool twice is harmless. A non-idempotent tool gets a
+            `started` marker in the journal before it runs; if the process dies before its result
+            is journaled, a resume stops with `NonIdempotentReplayError` instead of running it again,
+            and an operator decides with `resolutions=`. Idempotent tools (the default) are simply
+            run again in that window: pass `perdure.current_step().idempotency_key` to external APIs
+            to make that repeat harmless.
+        retry: A `RetryPolicy` for this tool's calls (journaled attempts, back-off), overriding the
+            agent's `tool_retry_policy`. Non-idempotent tools are retried only under a policy of
+            their own (typically with `retry_on_errors=` naming errors known to happen before the
+            effect), never under the agent-wide one.
+
     """
-    options = ToolOptions(name, description, retries, requires_approval, idempotent)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise UserError(f"@tool(retry=...) takes a RetryPolicy, got {retry!r}.")
+    options = ToolOptions(name, description, retries, requires_approval, idempotent, retry)
 
     def mark(fn: F) -> F:
         setattr(fn, _OPTIONS_ATTR, options)
@@ -116,17 +168,30 @@ def to_tool_ref(item: ToolLike) -> ToolRef:
     return ToolRef(name=tool_name(item), ref=object_ref(func))
 
 
+def requires_approval(item: ToolLike) -> bool:
+    """Whether every call of the tool waits for a human decision."""
+    if isinstance(item, Tool):
+        return bool(item.requires_approval)
+    return tool_options(item).requires_approval
+
+
 def to_pydantic_tool(item: ToolLike) -> Tool[Any]:
-    """Build the pydantic-ai `Tool` for a function (or pass a `Tool` through)."""
+    """Build the pydantic-ai `Tool` for a function (or pass a `Tool` through unchanged).
+
+    perdure's options travel as the tool's `metadata={"perdure": {...}}`, the per-tool config key
+    of perdure's durability engine, so they work the same for tools built by hand.
+    """
     if isinstance(item, Tool):
         return item
     options = tool_options(item)
+    config = options.perdure_config()
     return Tool(
         item,
         name=options.name,
         description=options.description,
         max_retries=options.retries,
         requires_approval=options.requires_approval,
+        metadata={TOOL_CONFIG_KEY: config} if config else None,
     )
 
 
