@@ -213,6 +213,27 @@ async def test_interrupted_call_resolved_as_abort(storage: DurableExecutionStora
     assert EFFECTS == [("pay", 7)]
 
 
+async def test_resolution_right_after_the_crash(storage: DurableExecutionStorage) -> None:
+    FAIL["pay"] = 1
+    agent = _agent(_script([("pay", {"amount": 3})]))
+    with pytest.raises(ConnectionError):
+        await DurableExecution(storage, execution_id="exec-now", auto_cleanup=False).run_agent_async(
+            agent, "go"
+        )
+    # The operator checked the payment system: the payment went through. No paused round-trip needed.
+    durable = DurableExecution(storage, execution_id="exec-now", auto_cleanup=False)
+    result = await durable.resume_agent_async(agent, resolutions={"call-0-0": ToolResolution.done("paid 3")})
+    assert result.output == "done: pay=paid 3" and EFFECTS == [("pay", 3)]
+
+
+async def test_run_metadata_is_stored(storage: DurableExecutionStorage) -> None:
+    agent = _agent(_script())
+    durable = DurableExecution(storage, execution_id="exec-meta", auto_cleanup=False)
+    await durable.run_agent_async(agent, "go", metadata={"tenant": "acme"})
+    head = await storage.load_state_async("exec-meta")
+    assert head is not None and head.metadata == {"tenant": "acme"}
+
+
 async def test_resolution_for_unknown_call_is_refused(storage: DurableExecutionStorage) -> None:
     agent = await _interrupted(storage, "exec-unknown")
     durable = DurableExecution(storage, execution_id="exec-unknown", auto_cleanup=False)

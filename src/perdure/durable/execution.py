@@ -199,6 +199,7 @@ class DurableExecution:
         *,
         task: TaskSnapshot | None = None,
         on_unit: Callable[[StepRecord, bool], None] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **run_kwargs: Any,
     ) -> AttemptResult[Any]:
         """Run `agent` on `prompt` as execution `self.execution_id`, resuming it if it exists.
@@ -208,6 +209,7 @@ class DurableExecution:
             prompt: The user prompt; stored with the execution so another process can resume it.
             task: What to store about the task (tools, output type, model) for a later resume.
             on_unit: Observer called after every durable unit with `(step, replayed)`.
+            metadata: JSON data stored with a new execution (tenant, session, user, ...).
             **run_kwargs: Passed to `agent.run` (`output_type`, `deps`, `usage_limits`, ...).
 
         """
@@ -216,7 +218,11 @@ class DurableExecution:
             snapshot = task or TaskSnapshot(description=prompt, agent_name=agent.name)
             if not snapshot.description:
                 snapshot = snapshot.model_copy(update={"description": prompt})
-            head = ExecutionRecord(execution_id=self.execution_id, task=snapshot)
+            head = ExecutionRecord(
+                execution_id=self.execution_id,
+                task=snapshot,
+                metadata=to_jsonable_python(dict(metadata or {})),
+            )
             try:
                 await self.storage.save_state_async(head)
             except LeaseLostError as exc:  # another worker created and leased it meanwhile
@@ -362,9 +368,9 @@ class DurableExecution:
                 f"to run the task again.",
                 execution_id=head.execution_id,
             )
-        _check_decisions(head, approvals, resolutions)
         journal = await self.storage.load_steps_async(head.execution_id)
-        if _count_units(journal) != head.next_seq:
+        _check_decisions(head, journal, approvals, resolutions)
+        if len(journal) != head.next_seq:
             head = _reconcile(head, journal)
         resuming = head.attempts > 0
         head = head.model_copy(
@@ -492,16 +498,28 @@ async def _record_end(write: Any, execution_id: str) -> None:
         logger.exception("[%s] could not record the end of the attempt", execution_id)
 
 
-def _count_units(journal: list[StepRecord]) -> int:
-    return len(journal)
+def _interrupted_calls(journal: list[StepRecord]) -> list[str]:
+    """Tool call ids with a `started` marker and no journaled result: interrupted mid-effect."""
+    done = {s.key for s in journal if s.kind is StepKind.TOOL_CALL}
+    return [
+        s.key.removeprefix("started:tool:")
+        for s in journal
+        if s.kind is StepKind.STARTED and s.key.removeprefix("started:") not in done
+    ]
 
 
 def _check_decisions(
     head: ExecutionRecord,
+    journal: list[StepRecord],
     approvals: Mapping[str, ApprovalDecision] | None,
     resolutions: dict[str, ToolResolution],
 ) -> None:
-    """Refuse a resume that cannot continue: a pause needs its decisions, decisions need a pause."""
+    """Refuse a resume that cannot continue: a pause needs its decisions, decisions need a pause.
+
+    Resolutions are accepted for any call the journal shows as interrupted, so an operator who
+    already checked the external system can resolve right after the crash, without a resume that
+    first stops as `paused`.
+    """
     pending = head.pending if head.status is ExecutionStatus.PAUSED else None
     ids = [c.tool_call_id for c in pending.calls] if pending is not None else []
     if approvals is not None:
@@ -523,12 +541,14 @@ def _check_decisions(
             f"Execution {head.execution_id!r} is paused waiting for approval of: {calls}. Resume it with "
             f"approvals={{call_id: True | False | override_args}}."
         )
-    unknown_res = [i for i in resolutions if not (pending and pending.kind == "non_idempotent" and i in ids)]
-    if unknown_res:
-        raise UserError(
-            f"Execution {head.execution_id!r} has no interrupted non-idempotent call {unknown_res}; "
-            f"pending: {ids or 'none'}."
-        )
+    if resolutions:
+        interrupted = _interrupted_calls(journal)
+        unknown_res = [i for i in resolutions if i not in interrupted]
+        if unknown_res:
+            raise UserError(
+                f"Execution {head.execution_id!r} has no interrupted non-idempotent call {unknown_res}; "
+                f"interrupted: {interrupted or 'none'}."
+            )
 
 
 def _approval_pending(result: AgentRunResult[Any], round_no: int) -> PendingDecision:
