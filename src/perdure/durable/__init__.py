@@ -16,7 +16,14 @@ from .capability import TOOL_CONFIG_KEY, PerdureDurability
 from .decisions import ToolResolution
 from .execution import AttemptResult, DurableExecution
 from .journal import ExecutionAborted, StepContext, current_run, current_step, idempotency_key
-from .retry import CircuitBreaker, RetryPolicy
+from .retry import (
+    CircuitBreaker,
+    RetryPolicy,
+    circuit_breaker_for,
+    circuit_stats,
+    is_transient,
+    openai_chat_model,
+)
 
 if TYPE_CHECKING:
     from ..storage.postgres import PostgresDurableStorage
@@ -39,9 +46,13 @@ __all__ = [
     "SQLiteDurableStorage",
     "StepContext",
     "ToolResolution",
+    "circuit_breaker_for",
+    "circuit_stats",
     "current_run",
     "current_step",
     "idempotency_key",
+    "is_transient",
+    "openai_chat_model",
     "storage_from_url",
 ]
 

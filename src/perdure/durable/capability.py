@@ -151,6 +151,22 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         self.tool_retry = tool_retry
         self.circuit_breaker = circuit_breaker
 
+    def get_model_settings(self) -> Any:
+        """Turn off the provider SDK's own retries when perdure retries model requests.
+
+        SDK retries are invisible to the journal (a request retried three times inside the openai
+        client looks like one), and they stack with ours: a persistent HTTP 500 under
+        `RetryPolicy(max_retries=2)` made 9 requests with the SDK default and 3 without. A
+        `max_retries` the user set explicitly is left alone.
+        """
+        if self.retry is None:
+            return None
+
+        def settings(ctx: RunContext[Any]) -> dict[str, Any]:
+            return {} if "max_retries" in (ctx.model_settings or {}) else {"max_retries": 0}
+
+        return settings
+
     @property
     def in_durable_context(self) -> bool:
         """Inside an execution attempt started by `DurableExecution`."""

@@ -401,15 +401,7 @@ class JournalRun:
                 "delay": delay,
             },
         )
-        if self.debug:
-            logger.info(
-                "[%s] %s attempt %d failed (%s); retrying in %.2fs",
-                self.execution_id,
-                unit.name,
-                attempt,
-                exc,
-                delay,
-            )
+        # call_with_retry logs the retry itself (once, at INFO).
 
     async def _append_bookkeeping(self, kind: StepKind, key: str, name: str, result: Any) -> None:
         """Journal a marker, attempt or decision entry; it moves `next_seq` but not the step shown."""

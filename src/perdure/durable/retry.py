@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import math
 import random
@@ -48,19 +49,28 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
 
 from pydantic import ValidationError
 from pydantic_ai.exceptions import (
-    ModelAPIError,
+    ApprovalRequired,
+    CallDeferred,
     ModelConnectionError,
     ModelHTTPError,
     ModelQuotaExceededError,
     ModelRateLimitError,
     ModelRequestRejectedError,
     ModelRequestTimeout,
+    ModelRetry,
     ModelServerError,
     ModelUnavailableError,
+    RetryModelRequest,
+    RunCancelled,
+    SkipModelRequest,
+    SkipToolExecution,
+    SkipToolValidation,
+    ToolFailed,
+    ToolRetryError,
     UsageLimitExceeded,
 )
 from pydantic_ai.exceptions import UserError as PydanticAIUserError
@@ -90,6 +100,26 @@ T = TypeVar("T")
 
 TRANSIENT_STATUS_CODES: frozenset[int] = frozenset({408, 409, 425, 429})
 """4xx statuses worth retrying (timeout, conflict, too early, rate limit); every 5xx is too."""
+
+_NEVER_RETRIED: tuple[type[BaseException], ...] = (
+    PerdureError,
+    PydanticAIUserError,
+    UsageLimitExceeded,
+    RunCancelled,
+    ModelRetry,
+    ToolFailed,
+    ToolRetryError,
+    CallDeferred,
+    ApprovalRequired,
+    SkipModelRequest,
+    RetryModelRequest,
+    SkipToolValidation,
+    SkipToolExecution,
+)
+"""Never retried, whatever the policy: perdure's own decisions (open circuit, lost lease, journal
+mismatch), misuse, usage limits, a cancelled or timed-out run (`RunTimedOut` is also a
+`TimeoutError`), and pydantic-ai's control-flow signals (`ModelRetry` is for the *model* to retry
+with feedback, not for perdure to repeat the call)."""
 
 _MAX_EXPONENT = 64  # 2**64 * any sane retry_delay is far beyond any max_delay; avoids float overflow
 
@@ -145,18 +175,20 @@ def is_transient(exc: BaseException) -> bool:
     408/409/425/429/5xx from any SDK that reports a `status_code`.
 
     Permanent: every `PerdureError` (perdure's own decisions: open circuit, lease lost, journal
-    mismatch, ...), pydantic-ai's `UserError` and `UsageLimitExceeded`, exhausted quota (a 429 whose
-    provider code says the quota is gone: waiting does not help), other 4xx (bad request,
-    authentication, not found, context window), validation errors and anything not listed above.
+    mismatch, ...), pydantic-ai's `UserError`, `UsageLimitExceeded`, `RunCancelled`/`RunTimedOut`
+    and control-flow signals (`ModelRetry`, `ToolFailed`, `ApprovalRequired`, ...), exhausted
+    quota (a 429 whose provider code says the quota is gone: waiting does not help), other 4xx
+    (bad request, authentication, not found, context window), validation errors and anything not
+    listed above.
     Only the exception itself is classified, not its `__cause__`: wrappers such as pydantic-ai's
     model errors already carry the category of what they wrap.
     """
-    if isinstance(exc, PerdureError | PydanticAIUserError | UsageLimitExceeded | ValidationError):
+    if isinstance(exc, (*_NEVER_RETRIED, ValidationError)):
         return False
     if isinstance(exc, ModelQuotaExceededError | ModelRequestRejectedError):
         return False
     status = _status_code(exc)
-    if status is not None and isinstance(exc, ModelAPIError | Exception) and status >= 400:
+    if status is not None and status >= 400:
         return _transient_status(status)
     if isinstance(
         exc,
@@ -251,8 +283,17 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
 # ---- policy ------------------------------------------------------------------------------------
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """A finite int or float; bools are refused because `True` seconds is always a mistake."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _is_number(value):
         raise UserError(f"RetryPolicy({name}=...) must be a finite number, got {value!r}.")
     return float(value)
 
@@ -273,7 +314,8 @@ class RetryPolicy:
         retry_on_errors: When given, retry exactly the errors that are instances of one of these
             types (checked on the error and the errors it wraps, so `openai.RateLimitError` matches
             pydantic-ai's wrapper of it) instead of the transient ones; use it e.g. for a tool's own
-            "try again" exception. `PerdureError`s are never retried.
+            "try again" exception. `PerdureError`s, pydantic-ai's control-flow signals (`ModelRetry`,
+            `ApprovalRequired`, ...), usage limits and cancelled runs are never retried.
 
     """
 
@@ -285,7 +327,7 @@ class RetryPolicy:
     retry_on_errors: tuple[type[BaseException], ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if not _is_int(self.max_retries) or self.max_retries < 0:
             raise UserError(f"RetryPolicy(max_retries=...) must be an int >= 0, got {self.max_retries!r}.")
         if _number("retry_delay", self.retry_delay) < 0:
             raise UserError(f"RetryPolicy(retry_delay=...) must be >= 0 seconds, got {self.retry_delay!r}.")
@@ -314,17 +356,19 @@ class RetryPolicy:
                     f"RetryPolicy(retry_on_errors=...) must be a non-empty tuple of exception classes, "
                     f"got {self.retry_on_errors!r}."
                 )
-            perdure = [t.__name__ for t in types if issubclass(t, PerdureError)]
-            if perdure:
+            never = [t.__name__ for t in types if issubclass(t, _NEVER_RETRIED)]
+            if never:
                 raise UserError(
-                    f"RetryPolicy(retry_on_errors=...) lists {perdure}: perdure's own errors are decisions "
-                    f"(open circuit, lost lease, journal mismatch, ...) and are never retried."
+                    f"RetryPolicy(retry_on_errors=...) lists {never}, which are never retried: perdure's "
+                    f"own errors are decisions (open circuit, lost lease, journal mismatch, ...), and "
+                    f"pydantic-ai's control-flow signals (ModelRetry, ApprovalRequired, ...) and usage "
+                    f"limits are handled by the agent run itself."
                 )
             object.__setattr__(self, "retry_on_errors", types)
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether `exc` is worth another try under this policy (ignoring how many are left)."""
-        if isinstance(exc, PerdureError) or not isinstance(exc, Exception):
+        if isinstance(exc, _NEVER_RETRIED) or not isinstance(exc, Exception):
             return False
         if self.retry_on_errors is None:
             return is_transient(exc)
@@ -354,7 +398,7 @@ CircuitState = Literal["closed", "open", "half_open"]
 _ALL_BREAKERS: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _REGISTRY: dict[str, CircuitBreaker] = {}
 _REGISTRY_LOCK = threading.Lock()
-_SERIAL = iter(range(1, 1 << 62))
+_SERIAL = itertools.count(1)
 
 
 class CircuitBreaker:
@@ -383,11 +427,11 @@ class CircuitBreaker:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
-            raise UserError(f"CircuitBreaker(failure_threshold=...) must be an int >= 1, got {failure_threshold!r}.")
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, int | float) or not (
-            math.isfinite(reset_timeout) and reset_timeout >= 0
-        ):
+        if not _is_int(failure_threshold) or failure_threshold < 1:
+            raise UserError(
+                f"CircuitBreaker(failure_threshold=...) must be an int >= 1, got {failure_threshold!r}."
+            )
+        if not _is_number(reset_timeout) or reset_timeout < 0:
             raise UserError(f"CircuitBreaker(reset_timeout=...) must be >= 0 seconds, got {reset_timeout!r}.")
         self.failure_threshold = failure_threshold
         self.reset_timeout = float(reset_timeout)
@@ -597,10 +641,13 @@ async def call_with_retry(
             if breaker is not None:
                 if is_transient(exc):
                     breaker.record_failure()
-                else:  # the provider answered (e.g. HTTP 400): it is reachable
+                elif _status_code(exc) is not None:  # the provider answered (e.g. HTTP 400): reachable
                     breaker.record_success()
-            if policy is None or not policy.should_retry(exc) or failures >= policy.max_retries:
-                if policy is not None and failures >= policy.max_retries and policy.should_retry(exc):
+                else:  # not the provider's doing (a bug, a control-flow signal): no verdict
+                    breaker.release()
+            retryable = policy is not None and policy.should_retry(exc)
+            if policy is None or not retryable or failures >= policy.max_retries:
+                if retryable and policy is not None:
                     logger.info(
                         "[%s] %s failed on attempt %d (%s); retries exhausted (max_retries=%d)",
                         execution_id,
@@ -676,9 +723,7 @@ def openai_chat_model(
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
-    if timeout is not None and not (
-        isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
-    ):
+    if timeout is not None and not (_is_number(timeout) and timeout > 0):
         raise UserError(f"openai_chat_model(timeout=...) must be > 0 seconds or None, got {timeout!r}.")
     client = AsyncOpenAI(
         base_url=base_url,
