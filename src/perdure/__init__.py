@@ -7,7 +7,8 @@ calls and without repeating finished tool calls.
 
 from __future__ import annotations
 
-from .agent import Agent, Task, tool
+from .agent import Agent, AgentRunOutput, Task, tool
+from .db import Database, SqliteDatabase
 from .durable import (
     CircuitBreaker,
     DurableExecution,
@@ -22,11 +23,14 @@ from .errors import PerdureError
 
 __all__ = [
     "Agent",
+    "AgentRunOutput",
     "CircuitBreaker",
+    "Database",
     "DurableExecution",
     "PerdureDurability",
     "PerdureError",
     "RetryPolicy",
+    "SqliteDatabase",
     "StepContext",
     "Task",
     "ToolResolution",
