@@ -1,0 +1,792 @@
+"""Storage in PostgreSQL: many workers on many machines share one database.
+
+Three tables, named after `table_prefix` (default `perdure_`): `<prefix>heads` (one row per execution:
+indexed columns, the lease, and the encoded head), `<prefix>steps` (the journal, primary key
+`(execution_id, seq)`) and `<prefix>meta` (the layout version). They are created on first use and
+migrated by version under a transaction-level advisory lock, so workers starting together do not race.
+
+Every write is one SQL statement on an autocommit connection: its own transaction, one round trip. A
+step append is a data-modifying CTE that upserts the head and inserts the journal row only if the head
+write went through; the head upsert is fenced by the lease in its `ON CONFLICT ... WHERE`, which
+PostgreSQL evaluates on the row it locked, and the journal's primary key refuses a duplicate seq and
+aborts the whole statement. Lease expiry is compared with the server's `clock_timestamp()`, so workers
+with skewed clocks still agree.
+
+psycopg's async connections belong to the event loop that opened them, while the sync twins run each
+thread's coroutines on that thread's own loop; the storage therefore keeps one pool per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
+
+from .._sync import run_sync
+from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
+from ..errors import (
+    CorruptRecordError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
+    IncompatibleSchemaError,
+    LeaseLostError,
+    StepConflictError,
+    StorageUnavailableError,
+    UserError,
+)
+from ..records import ExecutionRecord, ExecutionStatus, StepRecord
+from .base import DurableExecutionStorage, logger, validate_identifier
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+    from psycopg_pool.pool_async import StopWorker
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise UserError(
+        "PostgresDurableStorage needs psycopg 3 and psycopg-pool: install them with "
+        "`pip install 'perdure[postgres]'`."
+    ) from exc
+
+__all__ = ["LAYOUT_VERSION", "PostgresDurableStorage"]
+
+_Conn = psycopg.AsyncConnection[Any]
+_Row = tuple[Any, ...]
+_Params = Sequence[Any] | Mapping[str, Any]
+
+_BACKEND = "postgresql"
+_SCHEMES = ("postgresql", "postgres")
+_ACQUIRE_TRIES = 3
+_CLOSE_TIMEOUT = 2.0
+_CLOSING: set[asyncio.Task[None]] = set()  # strong refs: the loop only keeps weak ones
+
+
+# ---- layout and its migrations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Every identifier derived from the table prefix (validated before any SQL is built)."""
+
+    prefix: str
+
+    @property
+    def heads(self) -> str:
+        return f"{self.prefix}heads"
+
+    @property
+    def steps(self) -> str:
+        return f"{self.prefix}steps"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}meta"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        h = self.heads
+        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx")
+
+
+def _layout_v1(n: _Names) -> list[str]:
+    """Heads, journal and the two indexes that answer list, stats and cleanup."""
+    h, s = n.heads, n.steps
+    return [
+        f"CREATE TABLE IF NOT EXISTS {h} (execution_id TEXT PRIMARY KEY, status TEXT, "
+        f"updated_at TIMESTAMPTZ NOT NULL, created_at TIMESTAMPTZ NOT NULL, lease_owner TEXT, "
+        f"lease_expires_at TIMESTAMPTZ, codec TEXT NOT NULL, payload BYTEA NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        f"kind TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, codec TEXT NOT NULL, "
+        f"payload BYTEA NOT NULL, PRIMARY KEY (execution_id, seq))",
+        # Newest-first listing; its leading column also serves cleanup's `updated_at < cutoff` range.
+        f"CREATE INDEX IF NOT EXISTS {h}_updated_idx ON {h} (updated_at DESC, execution_id DESC)",
+        # Listing by status, and stats (GROUP BY status) as an index-only scan.
+        f"CREATE INDEX IF NOT EXISTS {h}_status_idx ON {h} (status, updated_at DESC, execution_id DESC)",
+    ]
+
+
+_MIGRATIONS: tuple[tuple[int, Callable[[_Names], list[str]]], ...] = ((1, _layout_v1),)
+"""Ordered `(version, statements)` steps; a new layout appends `(2, _layout_v2)` with its ALTERs."""
+
+LAYOUT_VERSION = _MIGRATIONS[-1][0]
+"""Version of the table layout this perdure writes; it refuses tables of a higher version."""
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """The statements of one table prefix, built once per storage."""
+
+    save: str
+    append: str
+    load: str
+    lease_of: str
+    acquire: str
+    renew: str
+    release: str
+    delete: str
+    steps: str
+    all_heads: str
+    list_all: str
+    list_status: str
+    stats: str
+    cleanup: str
+    raw_head: str
+    meta_create: str
+    meta_get: str
+    meta_put: str
+
+    @classmethod
+    def build(cls, n: _Names) -> _Sql:
+        h, s, m = n.heads, n.steps, n.meta
+        cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
+        upsert = (
+            f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload) "
+            f"VALUES (%(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s) "
+            f"ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status, "
+            f"updated_at = EXCLUDED.updated_at, created_at = EXCLUDED.created_at, "
+            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload "
+            # The fence: evaluated on the locked, latest row version; the lease columns are never set.
+            f"WHERE cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
+            f"OR cur.lease_expires_at <= clock_timestamp() RETURNING 1"
+        )
+        listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
+        expiry = "clock_timestamp() + make_interval(secs => %(ttl)s)"
+        return cls(
+            save=upsert,
+            append=(
+                f"WITH head AS ({upsert}) "
+                f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
+                f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
+                f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
+            ),
+            load=f"SELECT {cols} FROM {h} WHERE execution_id = %s",
+            lease_of=(
+                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
+                f"FROM {h} WHERE execution_id = %s"
+            ),
+            acquire=(
+                f"UPDATE {h} SET lease_owner = %(owner)s, lease_expires_at = {expiry} "
+                f"WHERE execution_id = %(id)s AND (lease_owner IS NULL OR lease_owner = %(owner)s "
+                f"OR lease_owner = %(steal)s OR lease_expires_at <= clock_timestamp()) RETURNING {cols}"
+            ),
+            renew=(
+                f"UPDATE {h} SET lease_expires_at = {expiry} "
+                f"WHERE execution_id = %(id)s AND lease_owner = %(owner)s RETURNING lease_expires_at"
+            ),
+            release=(
+                f"UPDATE {h} SET lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE execution_id = %s AND lease_owner = %s RETURNING 1"
+            ),
+            delete=(
+                f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s RETURNING 1), "
+                f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s RETURNING 1) "
+                f"SELECT EXISTS (SELECT FROM st) OR EXISTS (SELECT FROM hd)"
+            ),
+            steps=f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s ORDER BY seq",
+            all_heads=f"SELECT {cols} FROM {h}",
+            list_all=listing.format(where=""),
+            list_status=listing.format(where="WHERE status = %s"),
+            stats=f"SELECT status, count(*) FROM {h} GROUP BY status",
+            cleanup=(
+                f"WITH old AS (DELETE FROM {h} WHERE updated_at < %s RETURNING execution_id), "
+                f"gone AS (DELETE FROM {s} WHERE execution_id IN (SELECT execution_id FROM old)) "
+                f"SELECT count(*) FROM old"
+            ),
+            raw_head=(
+                f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
+                f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "
+                f"ON CONFLICT (execution_id) DO UPDATE SET status = NULL, codec = 'json', "
+                f"payload = EXCLUDED.payload RETURNING 1"
+            ),
+            meta_create=f"CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            meta_get=f"SELECT value FROM {m} WHERE key = 'layout_version'",
+            meta_put=(
+                f"INSERT INTO {m} (key, value) VALUES ('layout_version', %s) "
+                f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+        )
+
+
+# ---- pools, one per event loop ------------------------------------------------------------------
+
+
+class _Pool(AsyncConnectionPool[_Conn]):
+    """An `AsyncConnectionPool` whose maintenance workers stop when their task is cancelled.
+
+    psycopg_pool's workers catch `CancelledError` around each maintenance task (to keep the pool
+    consistent), so a cancellation that lands while one is connecting is swallowed and the worker
+    goes back to waiting for work. Shutting the loop down (`asyncio.run`, a test's loop) cancels every
+    task once and then waits for them, forever. This worker honours a swallowed cancellation.
+    """
+
+    @classmethod
+    async def worker(cls, q: Any) -> None:
+        """Run maintenance tasks until told to stop or cancelled."""
+        me = asyncio.current_task()
+        while True:
+            task = await q.get()
+            if isinstance(task, StopWorker):
+                return
+            try:
+                await task.run()
+            except Exception as exc:
+                logger.warning("postgres pool maintenance task %s failed: %s", task, exc)
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
+
+
+@dataclass(eq=False)
+class _LoopPool:
+    """A pool, the loop and thread it serves, and the connections it opened (to drop them without it)."""
+
+    loop: asyncio.AbstractEventLoop
+    pool: _Pool
+    thread: threading.Thread = field(default_factory=threading.current_thread)
+    conns: weakref.WeakSet[_Conn] = field(default_factory=weakref.WeakSet)
+
+    @property
+    def orphaned(self) -> bool:
+        """The loop can never run again by itself: it is closed, or idle and its thread has ended."""
+        return self.loop.is_closed() or (not self.loop.is_running() and not self.thread.is_alive())
+
+    def abandon(self) -> None:
+        """Close the sockets without the loop (call only when no thread can be running it)."""
+        for conn in list(self.conns):
+            if not conn.closed:
+                conn.pgconn.finish()
+
+    def close_elsewhere(self) -> threading.Thread | None:
+        """Close the pool from another loop's thread, never waiting for its loop (it may wait for us).
+
+        An orphaned loop is driven to completion of `pool.close()` on a helper thread (returned, to
+        join); a live loop gets the close scheduled and runs it when it regains control.
+        """
+        if self.loop.is_closed():
+            self.abandon()
+            return None
+        if self.orphaned:
+            helper = threading.Thread(target=self._drain, name="perdure-pg-close", daemon=True)
+            helper.start()
+            return helper
+        if not self.loop.is_running() and self.thread is threading.current_thread():
+            # Idle, and only this thread could start it: free the server's slots now. Another live
+            # thread's loop keeps its sockets until it runs the close (never race a loop's thread).
+            self.abandon()
+        with contextlib.suppress(RuntimeError):  # closed in the meantime
+            self.loop.call_soon_threadsafe(_spawn_close, self.pool)
+        return None
+
+    def _drain(self) -> None:
+        try:
+            self.loop.run_until_complete(self.pool.close(timeout=_CLOSE_TIMEOUT))
+        except Exception:  # e.g. someone started the loop again meanwhile: it will close it then
+            logger.debug("could not close an orphaned postgres pool", exc_info=True)
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_spawn_close, self.pool)
+
+
+def _release_pools(pools: dict[asyncio.AbstractEventLoop, _LoopPool]) -> None:
+    """Finalizer of a storage that was never closed (it cannot await, so nothing here waits)."""
+    entries = list(pools.values())
+    pools.clear()
+    for entry in entries:
+        entry.close_elsewhere()
+
+
+def _spawn_close(pool: _Pool) -> None:
+    """Run in the pool's own loop: close it in the background."""
+    task = asyncio.get_running_loop().create_task(pool.close(timeout=_CLOSE_TIMEOUT))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+def _has_input(conn: _Conn) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or sent a notice)."""
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - platforms without poll
+    return bool(readable)
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC datetimes in and out; a naive one is taken as UTC (every stored time is UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class PostgresDurableStorage(DurableExecutionStorage):
+    """Durable storage in PostgreSQL (psycopg 3, async, one connection pool per event loop).
+
+    Args:
+        dsn: libpq connection string or URL, e.g. `postgresql://user@host:5432/db`.
+        table_prefix: Prefix of the table names (`<prefix>heads`, `<prefix>steps`, `<prefix>meta`);
+            several applications can share a database with different prefixes.
+        codec: Payload codec; `Codec(compress_above=...)` zstd-compresses large records.
+        min_size: Connections each pool keeps open.
+        max_size: Connections each pool may open.
+        connect_timeout: Seconds an operation waits for a connection (including reconnecting
+            after a server restart) before failing with `StorageUnavailableError`.
+
+    """
+
+    backend_name = _BACKEND
+
+    def __init__(
+        self,
+        dsn: str,
+        table_prefix: str = "perdure_",
+        *,
+        codec: Codec | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self._info = _parse_dsn(dsn)
+        self.table_prefix = _check_prefix(table_prefix)
+        self.min_size, self.max_size = _check_sizes(min_size, max_size)
+        if not isinstance(connect_timeout, int | float) or not connect_timeout > 0:
+            raise UserError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}.")
+        self.connect_timeout = float(connect_timeout)
+        self.codec = codec or Codec()
+        self._names = _Names(self.table_prefix)
+        self._sql = _Sql.build(self._names)
+        where = self._info
+        self._where = (
+            f"{where.get('host') or 'localhost'}:{where.get('port') or 5432}/"
+            f"{where.get('dbname') or where.get('user') or '?'}"
+        )
+        self._location = f"postgresql://{self._where} table {self._names.heads}"
+        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._pools_lock = threading.Lock()
+        self._layout_ok = False
+        # A storage dropped without close(): hand its pools back to their loops to close.
+        weakref.finalize(self, _release_pools, self._pools).atexit = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresDurableStorage:
+        """Build from `postgresql://user[:password]@host[:port]/db[?table_prefix=P&<libpq params>]`.
+
+        `table_prefix` is taken out of the URL; every other query parameter (`sslmode`,
+        `application_name`, ...) stays in the DSN for libpq. `connect_timeout` also sets the
+        storage's own timeout. Keyword `options` override the URL.
+        """
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme.lower() not in _SCHEMES:
+            raise UserError(
+                f"Not a PostgreSQL URL: {url!r}. Use postgresql://user@host:5432/dbname?table_prefix=perdure_."
+            )
+        try:
+            query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError as exc:
+            raise UserError(f"Malformed query string in PostgreSQL URL: {exc}.") from exc
+        kwargs: dict[str, Any] = {}
+        for key, value in query:
+            if key == "table_prefix":
+                kwargs["table_prefix"] = value
+            elif key == "connect_timeout":
+                kwargs["connect_timeout"] = _float_param(key, value)
+        # Keep the other parameters byte for byte: libpq decodes %XX but not `+`.
+        kept = [p for p in parts.query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != "table_prefix"]
+        dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
+        return cls(dsn, **{**kwargs, **options})
+
+    def __repr__(self) -> str:
+        user = self._info.get("user")
+        return (
+            f"PostgresDurableStorage('postgresql://{f'{user}@' if user else ''}{self._where}', "
+            f"table_prefix={self.table_prefix!r})"
+        )
+
+    # ---- connections ----------------------------------------------------------------------------
+
+    def _new_pool(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
+        conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
+
+        async def track(conn: _Conn) -> None:
+            conns.add(conn)
+
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, math.ceil(self.connect_timeout)),
+        }
+        if "application_name" not in self._info:
+            kwargs["application_name"] = "perdure"
+        pool = _Pool(
+            self.dsn,
+            kwargs=kwargs,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            open=False,
+            configure=track,
+            timeout=self.connect_timeout,
+            name=f"perdure-{self.table_prefix or 'default'}",
+        )
+        return _LoopPool(loop, pool, conns=conns)
+
+    async def _pool(self) -> _Pool:
+        """Return this loop's pool, created and opened on first use (a pool cannot serve another loop)."""
+        loop = asyncio.get_running_loop()
+        entry = self._pools.get(loop)
+        if entry is None:
+            with self._pools_lock:
+                entry = self._pools.get(loop)
+                if entry is None:
+                    entry = self._pools[loop] = self._new_pool(loop)
+                orphans = [e for e in self._pools.values() if e.orphaned]
+                for orphan in orphans:  # loops of finished threads and closed loops
+                    del self._pools[orphan.loop]
+            for orphan in orphans:
+                orphan.close_elsewhere()
+        if entry.pool.closed:
+            await entry.pool.open()
+        return entry.pool
+
+    async def _getconn(self, pool: _Pool) -> _Conn:
+        """A pooled connection, skipping ones the server closed while they sat idle (after a restart).
+
+        A cheap readability poll replaces a round trip per checkout: an idle connection only has
+        input when the server sent something, which is usually its goodbye.
+        """
+        for _ in range(self.max_size + 1):
+            conn = await pool.getconn()
+            if not _has_input(conn):
+                return conn
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                await conn.close()
+                await pool.putconn(conn)  # closed: the pool replaces it
+                continue
+            return conn
+        return await pool.getconn()
+
+    async def _retire_pool(self) -> None:
+        """Drop this loop's pool after a pool timeout, so the next call reconnects at once.
+
+        A pool that failed to connect retries with a growing back-off; a fresh pool does not wait.
+        """
+        loop = asyncio.get_running_loop()
+        with self._pools_lock:
+            entry = self._pools.pop(loop, None)
+        if entry is not None:
+            await entry.pool.close(timeout=_CLOSE_TIMEOUT)
+
+    async def close_async(self) -> None:
+        """Close every pool; a later call opens new ones. Never blocks on another running loop."""
+        with self._pools_lock:
+            entries = list(self._pools.values())
+            self._pools.clear()
+        here = asyncio.get_running_loop()
+        helpers = []
+        for entry in entries:
+            if entry.loop is here:
+                await entry.pool.close(timeout=_CLOSE_TIMEOUT)
+            elif (helper := entry.close_elsewhere()) is not None:
+                helpers.append(helper)
+        deadline = time.monotonic() + _CLOSE_TIMEOUT + 1
+        while any(h.is_alive() for h in helpers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the helpers close orphaned pools; do not block this loop
+
+    # ---- statements -----------------------------------------------------------------------------
+
+    async def _ensure_layout(self) -> None:
+        """Create or migrate the tables once per storage; refuse a layout newer than this code."""
+        if self._layout_ok:
+            return
+        pool = await self._pool()
+        conn = await self._getconn(pool)
+        try:
+            found = await self._layout_version(conn)
+            if found is None or found < LAYOUT_VERSION:
+                found = await self._migrate(conn)
+        finally:
+            await pool.putconn(conn)
+        if found > LAYOUT_VERSION:
+            raise self._incompatible(found)
+        self._layout_ok = True
+
+    async def _layout_version(self, conn: _Conn) -> int | None:
+        try:
+            cur = await conn.execute(self._sql.meta_get)
+        except pg_errors.UndefinedTable:
+            return None
+        row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    async def _migrate(self, conn: _Conn) -> int:
+        """Apply the missing layout steps in one transaction, serialized across workers by a lock."""
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"perdure:{self.table_prefix.lower()}",),
+            )
+            await conn.execute(self._sql.meta_create)
+            current = await self._layout_version(conn) or 0
+            if current > LAYOUT_VERSION:
+                return current
+            for version, statements in _MIGRATIONS:
+                if version > current:
+                    for statement in statements(self._names):
+                        await conn.execute(statement)
+                    await conn.execute(self._sql.meta_put, (str(version),))
+            return LAYOUT_VERSION
+
+    def _incompatible(self, found: int) -> IncompatibleSchemaError:
+        err = IncompatibleSchemaError(self._names.meta, found, LAYOUT_VERSION)
+        err.execution_id = None
+        err.message = (
+            f"The perdure tables {self._names.heads}/{self._names.steps} in PostgreSQL database "
+            f"{self._where} have layout version {found} (see table {self._names.meta}), but this "
+            f"perdure supports layouts up to {LAYOUT_VERSION}. Upgrade perdure in this process (the "
+            f"tables were left unchanged), or use another table_prefix."
+        )
+        err.args = (err.message,)
+        return err
+
+    async def _query(
+        self, sql: str, params: _Params, execution_id: str | None, step: StepRecord | None = None
+    ) -> list[_Row]:
+        """Run one statement (one autocommit transaction) and return its rows, with typed errors."""
+        try:
+            await self._ensure_layout()
+            pool = await self._pool()
+            conn = await self._getconn(pool)
+            try:
+                async with conn.cursor(binary=True) as cur:
+                    await cur.execute(sql, params)
+                    return await cur.fetchall()
+            finally:
+                await pool.putconn(conn)
+        except pg_errors.UniqueViolation as exc:
+            if step is None:
+                raise await self._unavailable(exc, execution_id) from exc
+            raise StepConflictError(step.execution_id, step.seq) from exc
+        except psycopg.Error as exc:
+            raise await self._unavailable(exc, execution_id) from exc
+
+    async def _unavailable(self, exc: psycopg.Error, execution_id: str | None) -> StorageUnavailableError:
+        detail = f"{self._where}: {type(exc).__name__}: {_one_line(exc)}"
+        if isinstance(exc, PoolTimeout):
+            entry = self._pools.get(asyncio.get_running_loop())
+            if entry is not None and entry.pool.get_stats().get("pool_size", 0) >= self.max_size:
+                detail = (
+                    f"all {self.max_size} connections to {self._where} stayed busy for "
+                    f"{self.connect_timeout:g}s; raise max_size or connect_timeout"
+                )
+            else:  # cannot connect: start afresh next time instead of waiting out the pool's back-off
+                await self._retire_pool()
+                reason = await self._probe()
+                detail = f"no connection to {self._where} within {self.connect_timeout:g}s ({reason})"
+        return StorageUnavailableError(_BACKEND, detail, execution_id=execution_id)
+
+    async def _probe(self) -> str:
+        """Why connecting fails, for the error message (the pool only says that it timed out)."""
+        try:
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.dsn, connect_timeout=2), timeout=2.5
+            )
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            return _one_line(exc)
+        await conn.close()
+        return "the server answers again now"
+
+    # ---- rows <-> records -----------------------------------------------------------------------
+
+    def _head_params(self, record: ExecutionRecord) -> dict[str, Any]:
+        codec, payload = self.codec.encode(encode_head(record))
+        return {
+            "id": record.execution_id,
+            "status": record.status.value,
+            "updated": _utc(record.updated_at),
+            "created": _utc(record.created_at),
+            "codec": codec,
+            "payload": payload,
+            "owner": record.lease_owner,
+        }
+
+    def _decode_head(self, row: _Row) -> ExecutionRecord:
+        execution_id, codec, payload, owner, expires = row
+        head = decode_head(execution_id, bytes(payload), codec=codec, location=self._location)
+        head.lease_owner = owner
+        head.lease_expires_at = _utc(expires) if expires is not None else None
+        return head
+
+    def _decode_rows(self, rows: Iterable[_Row]) -> list[ExecutionRecord]:
+        heads = []
+        for row in rows:
+            try:
+                heads.append(self._decode_head(row))
+            except (CorruptRecordError, IncompatibleSchemaError) as exc:
+                logger.warning("skipping unreadable execution record: %s", exc)
+        return heads
+
+    async def _lease_lost(self, execution_id: str, owner: str | None) -> LeaseLostError:
+        rows = await self._query(self._sql.lease_of, (execution_id,), execution_id)
+        holder = rows[0][0] if rows else None
+        return LeaseLostError(execution_id, owner or "(no lease)", holder)
+
+    # ---- contract -------------------------------------------------------------------------------
+
+    async def save_state_async(self, record: ExecutionRecord) -> None:
+        """Upsert the head, fenced by the lease; the lease columns are left as they are."""
+        if not await self._query(self._sql.save, self._head_params(record), record.execution_id):
+            raise await self._lease_lost(record.execution_id, record.lease_owner)
+
+    async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
+        """Read the head with its stored lease; None when the execution does not exist."""
+        rows = await self._query(self._sql.load, (execution_id,), execution_id)
+        return self._decode_head(rows[0]) if rows else None
+
+    async def delete_state_async(self, execution_id: str) -> bool:
+        """Delete head (with its lease) and journal in one statement; return whether either existed."""
+        rows = await self._query(self._sql.delete, {"id": execution_id}, execution_id)
+        return bool(rows[0][0])
+
+    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
+        """Fenced head upsert and journal insert in one statement: both happen or neither."""
+        codec, payload = self.codec.encode(encode_step(step))
+        params = {
+            **self._head_params(record),
+            "step_id": step.execution_id,
+            "seq": step.seq,
+            "kind": step.kind.value,
+            "name": step.name,
+            "key": step.key,
+            "step_codec": codec,
+            "step_payload": payload,
+        }
+        if not await self._query(self._sql.append, params, record.execution_id, step):
+            raise await self._lease_lost(record.execution_id, record.lease_owner)
+
+    async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
+        """Read the journal in sequence order (primary-key order)."""
+        rows = await self._query(self._sql.steps, (execution_id,), execution_id)
+        return [
+            decode_step(execution_id, seq, bytes(payload), codec=codec, location=self._location)
+            for seq, codec, payload in rows
+        ]
+
+    async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
+        return self._decode_rows(await self._query(self._sql.all_heads, (), None))
+
+    # ---- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease_async(
+        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
+    ) -> ExecutionRecord:
+        """One conditional UPDATE takes the lease: of two racing workers the row lock lets one win."""
+        ttl = self._check_ttl(ttl_seconds)
+        params = {"id": execution_id, "owner": owner, "steal": steal_from, "ttl": ttl}
+        for _ in range(_ACQUIRE_TRIES):
+            rows = await self._query(self._sql.acquire, params, execution_id)
+            if rows:
+                return self._decode_head(rows[0])
+            current = await self._query(self._sql.lease_of, (execution_id,), execution_id)
+            if not current:
+                raise ExecutionNotFoundError(execution_id, backend=_BACKEND)
+            holder, expires, live = current[0]
+            if holder is not None and holder not in (owner, steal_from) and live:
+                raise ExecutionLeasedError(execution_id, holder, _utc(expires))
+            # Released or expired between the two statements: try again.
+        raise ExecutionLeasedError(execution_id, "(contended)", None)
+
+    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
+        """Extend the lease if `owner` still holds it (even expired, as long as nobody took it)."""
+        params = {"id": execution_id, "owner": owner, "ttl": self._check_ttl(ttl_seconds)}
+        rows = await self._query(self._sql.renew, params, execution_id)
+        if not rows:
+            raise await self._lease_lost(execution_id, owner)
+        return _utc(rows[0][0])
+
+    async def release_lease_async(self, execution_id: str, owner: str) -> bool:
+        """Clear the lease if `owner` holds it."""
+        return bool(await self._query(self._sql.release, (execution_id, owner), execution_id))
+
+    # ---- indexed queries ------------------------------------------------------------------------
+
+    async def list_executions_async(
+        self, status: ExecutionStatus | str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Newest first from the `(updated_at)` or `(status, updated_at)` index; unreadable heads skipped."""
+        lim = None if limit is None else max(limit, 0)
+        if status is None:
+            rows = await self._query(self._sql.list_all, (lim,), None)
+        else:
+            rows = await self._query(self._sql.list_status, (ExecutionStatus(status).value, lim), None)
+        return self._decode_rows(rows)
+
+    async def get_stats_async(self) -> dict[str, Any]:
+        """Counted by SQL; rows without a known status (damaged heads) are left out of both counts."""
+        by_status = {s.value: 0 for s in ExecutionStatus}
+        for status, count in await self._query(self._sql.stats, (), None):
+            if status in by_status:
+                by_status[status] = int(count)
+        return {"backend": _BACKEND, "total_executions": sum(by_status.values()), "by_status": by_status}
+
+    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+        """Delete old heads and their journals in one statement; return how many executions."""
+        rows = await self._query(self._sql.cleanup, (self._cutoff(older_than_days),), None)
+        return int(rows[0][0])
+
+    # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
+    def _put_raw_head(self, execution_id: str, payload: bytes) -> None:
+        run_sync(self._query(self._sql.raw_head, (execution_id, payload), execution_id))
+
+
+# ---- argument checks ----------------------------------------------------------------------------
+
+
+def _parse_dsn(dsn: str) -> dict[str, Any]:
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise UserError(f"PostgresDurableStorage needs a DSN such as postgresql://user@host/db, got {dsn!r}.")
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise UserError(
+            f"Invalid PostgreSQL connection string (password not shown): {_one_line(exc)}."
+        ) from exc
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str):
+        raise UserError(f"table_prefix must be a string, got {prefix!r}.")
+    if prefix:
+        validate_identifier(prefix, "table_prefix")
+    for name in _Names(prefix).all:
+        validate_identifier(name, f"table name (from table_prefix {prefix!r})")
+    return prefix
+
+
+def _check_sizes(min_size: int, max_size: int) -> tuple[int, int]:
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 0:
+        raise UserError(f"min_size must be an integer >= 0, got {min_size!r}.")
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < max(min_size, 1):
+        raise UserError(f"max_size must be an integer >= max(min_size, 1), got {max_size!r}.")
+    return min_size, max_size
+
+
+def _float_param(key: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise UserError(f"{key} must be a number in a PostgreSQL URL, got {value!r}.") from exc
