@@ -1,0 +1,273 @@
+"""`Worker`: a long-running process that keeps recovering interrupted executions.
+
+`perdure worker` is a thin CLI around it; tests drive it in-process. A worker runs one recovery pass
+at start-up, then polls the storage every `poll_interval` seconds. It keeps up to `concurrency`
+executions running and refills free slots from the latest listing as soon as one finishes, so one
+long execution does not hold the others back. Every execution runs under its own lease
+(`recover_execution_async`), which is what makes any number of workers on one storage safe.
+
+Shutdown (`stop()`, SIGTERM or SIGINT): the worker stops taking executions and gives the running
+ones `grace_period` seconds to finish. Whatever still runs then is cancelled: a cancelled attempt
+writes nothing more, leaves its journal intact and its head `success`, and releases its lease on the
+way out, so another worker takes it over at once instead of waiting for the lease to expire. A
+second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from .._sync import run_sync
+from ..errors import UserError
+from ..records import ExecutionRecord, ExecutionStatus
+from ..storage.base import DurableExecutionStorage
+from .execution import DEFAULT_LEASE_TTL, default_worker_id
+from .recovery import (
+    AgentResolver,
+    RecoveryOptions,
+    RecoveryReport,
+    find_recoverable_async,
+    recover_execution_async,
+)
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("perdure.worker")
+
+
+class Worker:
+    """Recovers interrupted executions of one storage until stopped.
+
+    Args:
+        storage: The storage to watch.
+        agent_resolver: The agent(s) to resume with (see `recover_interrupted_async`).
+        concurrency: Executions resumed at the same time by this worker.
+        poll_interval: Seconds between two listings of the storage.
+        grace_period: Seconds running executions may take to finish after `stop()`; then they are
+            cancelled (journal intact, lease released).
+        max_attempts: See `recover_interrupted_async`.
+        delay: See `recover_interrupted_async`.
+        timeout: See `recover_interrupted_async`.
+        lease_ttl: See `recover_interrupted_async`.
+        min_idle: See `recover_interrupted_async`.
+        worker_id: Prefix of this worker's lease owner ids (default `host:pid:random`).
+        statuses: See `recover_interrupted_async`.
+
+    """
+
+    def __init__(
+        self,
+        storage: DurableExecutionStorage,
+        agent_resolver: AgentResolver,
+        *,
+        concurrency: int = 1,
+        poll_interval: float = 5.0,
+        grace_period: float = 10.0,
+        max_attempts: int = 5,
+        delay: float = 0.0,
+        timeout: float | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        min_idle: float | None = None,
+        worker_id: str | None = None,
+        statuses: Iterable[ExecutionStatus | str] = (ExecutionStatus.SUCCESS,),
+    ) -> None:
+        if concurrency < 1:
+            raise UserError(f"concurrency must be >= 1, got {concurrency!r}.")
+        if not poll_interval > 0:
+            raise UserError(f"poll_interval must be > 0 seconds, got {poll_interval!r}.")
+        if grace_period < 0:
+            raise UserError(f"grace_period must be >= 0 seconds, got {grace_period!r}.")
+        self.storage = storage
+        self.agent_resolver = agent_resolver
+        self.concurrency = concurrency
+        self.poll_interval = float(poll_interval)
+        self.grace_period = float(grace_period)
+        self.worker_id = worker_id or default_worker_id()
+        self.options = RecoveryOptions(
+            max_attempts=max_attempts,
+            delay=delay,
+            timeout=timeout,
+            lease_ttl=lease_ttl,
+            worker_id=self.worker_id,
+            min_idle=min_idle,
+            statuses=tuple(statuses),  # type: ignore[arg-type]  # converted by RecoveryOptions
+        )
+        self.report = RecoveryReport()
+        """Everything this worker did so far (the latest outcome per execution)."""
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._cancel_now = False
+
+    def __repr__(self) -> str:
+        return f"Worker(worker_id={self.worker_id!r}, storage={self.storage!r})"
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the executions this worker is resuming right now."""
+        return list(self._running)
+
+    def stop(self, *, cancel: bool = False) -> None:
+        """Stop taking executions; `cancel` also cancels the running ones now (no grace period).
+
+        Safe to call from a signal handler, from another thread, or before `run_async` started. A
+        stopped worker stays stopped: create a new one to run again.
+        """
+        self._stopping = True
+        self._cancel_now = self._cancel_now or cancel
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            logger.warning("%s again: cancelling %d running execution(s) now", name, len(self._running))
+            self.stop(cancel=True)
+        else:
+            logger.info(
+                "%s: stopping; %d running execution(s) get %.0fs to finish",
+                name,
+                len(self._running),
+                self.grace_period,
+            )
+            self.stop()
+
+    async def run_async(self, *, once: bool = False, handle_signals: bool = False) -> RecoveryReport:
+        """Recover until `stop()` (or, with `once`, until one listing's executions are done).
+
+        Args:
+            once: Run a single recovery pass and return.
+            handle_signals: Install SIGTERM/SIGINT handlers that call `stop()` (main thread only).
+
+        Returns:
+            The worker's cumulative `RecoveryReport`.
+
+        """
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal, int(sig))
+                installed.append(sig)
+        logger.info(
+            "worker %s: watching %r (concurrency %d, poll every %.1fs, lease %.1fs)",
+            self.worker_id,
+            self.storage,
+            self.concurrency,
+            self.poll_interval,
+            self.options.lease_ttl,
+        )
+        try:
+            await self._loop_until_stopped(once)
+            await self._drain()
+        finally:
+            for sig in installed:
+                self._loop.remove_signal_handler(sig)
+            # Only left over when run_async itself was cancelled: cancel them too, and wait, so that
+            # every attempt releases its lease before this returns.
+            leftover = list(self._running.values())
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
+        logger.info("worker %s stopped: %s", self.worker_id, self.report)
+        return self.report
+
+    def run(self, *, once: bool = False) -> RecoveryReport:
+        """Sync twin of `run_async` (no signal handlers)."""
+        return run_sync(self.run_async(once=once))
+
+    async def _loop_until_stopped(self, once: bool) -> None:
+        assert self._wake is not None
+        queue: deque[ExecutionRecord] = deque()
+        next_poll = 0.0
+        polled = False
+        while not self._stopping:
+            if not queue and not (once and polled) and time.monotonic() >= next_poll:
+                queue.extend(await self._poll())
+                polled = True
+                next_poll = time.monotonic() + self.poll_interval
+            while queue and len(self._running) < self.concurrency and not self._stopping:
+                head = queue.popleft()
+                if head.execution_id not in self._running:
+                    self._start(head)
+            if once and polled and not queue and not self._running:
+                return
+            if queue and len(self._running) >= self.concurrency:
+                wait_for: float | None = None  # a slot frees up first
+            elif once:
+                wait_for = None  # only running executions can make progress
+            else:
+                wait_for = max(next_poll - time.monotonic(), 0.0)
+            self._wake.clear()
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_for)
+
+    async def _poll(self) -> list[ExecutionRecord]:
+        try:
+            candidates, skipped = await find_recoverable_async(
+                self.storage, self.options, exclude=set(self._running)
+            )
+        except Exception as exc:  # storage down: keep the worker alive, try again next poll
+            logger.error("listing executions failed: %s", exc)
+            return []
+        self.report.merge(RecoveryReport(skipped=skipped))
+        if candidates:
+            logger.info("found %d interrupted execution(s)", len(candidates))
+        return candidates
+
+    def _start(self, head: ExecutionRecord) -> None:
+        task = asyncio.create_task(self._recover(head), name=f"recover:{head.execution_id}")
+        self._running[head.execution_id] = task
+
+    async def _recover(self, head: ExecutionRecord) -> None:
+        execution_id = head.execution_id
+        try:
+            outcome = await recover_execution_async(self.storage, head, self.agent_resolver, self.options)
+        except asyncio.CancelledError:
+            logger.warning("[%s] cancelled by shutdown; journal intact, lease released", execution_id)
+            outcome = RecoveryReport(skipped={execution_id: "cancelled by worker shutdown"})
+            self.report.merge(outcome)
+            raise
+        except Exception as exc:
+            logger.error("[%s] recovery failed: %s: %s", execution_id, type(exc).__name__, exc)
+            outcome = RecoveryReport(failed={execution_id: f"{type(exc).__name__}: {exc}"})
+        finally:
+            self._running.pop(execution_id, None)
+            if self._wake is not None:
+                self._wake.set()
+        self.report.merge(outcome)
+        for execution_id, reason in outcome.skipped.items():
+            logger.debug("[%s] skipped: %s", execution_id, reason)
+
+    async def _drain(self) -> None:
+        """Give running executions the grace period, then cancel them and wait for their cleanup."""
+        assert self._wake is not None
+        deadline = time.monotonic() + self.grace_period
+        if self._running and not self._cancel_now:
+            logger.info(
+                "waiting up to %.0fs for %d running execution(s)", self.grace_period, len(self._running)
+            )
+        while self._running and not self._cancel_now:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+        tasks = list(self._running.values())
+        if tasks:
+            logger.warning("cancelling %d running execution(s)", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

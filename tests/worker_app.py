@@ -1,0 +1,159 @@
+"""A small durable agent app that `perdure worker --app worker_app:agent` serves in the worker tests.
+
+Three tools run in order (ScriptedModel calls every tool once, then answers). Every executed tool
+call and every live model request appends `<kind> <idempotency key> <pid>` to a per-process ledger
+file in `$WORKER_LEDGER_DIR`, so the test sees exactly which durable units ran, where, and whether
+any ran twice. `SLOW_TOOLS` makes each tool sleep (asynchronously, so heartbeats keep running).
+
+`KILL_BEFORE=<tool>` makes a process SIGKILL itself when that tool starts (`python -c "import
+worker_app; worker_app.main([...])"`, see `main`).
+
+`interrupt(...)` creates an interrupted execution honestly, in-process: the run is started and a
+tool raises `SimulatedCrash`, a `BaseException` the engine does not catch (like `KeyboardInterrupt`
+or the process dying), so the journal keeps every unit finished before it and the head stays
+`success`: exactly the state a killed worker leaves behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic_ai import Agent as PydanticAgent
+
+from perdure import Agent, DurableExecution, Task, tool
+from perdure.durable import PerdureDurability
+from perdure.durable.journal import current_step
+from perdure.models import ScriptedModel
+from perdure.storage import DurableExecutionStorage, storage_from_url
+
+__all__ = [
+    "PROMPT",
+    "TOOLS",
+    "SimulatedCrash",
+    "agent",
+    "agents_by_name",
+    "crash_before",
+    "interrupt",
+    "main",
+    "pydantic_agent",
+    "resolve",
+]
+
+PROMPT = "Reserve 'seat-12', charge it and notify 'alice' when done."
+
+crash_before: str | None = None
+"""Tool name whose call raises `SimulatedCrash` before its side effect (set by the creating process)."""
+
+
+class SimulatedCrash(BaseException):
+    """Stands in for the process dying: not an `Exception`, so the engine records no failure."""
+
+
+def _ledger(kind: str, key: str) -> None:
+    directory = os.environ.get("WORKER_LEDGER_DIR")
+    if not directory:
+        return
+    line = f"{kind} {key} {os.getpid()}\n".encode()
+    fd = os.open(Path(directory) / f"ledger-{os.getpid()}", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+async def _effect(name: str) -> str:
+    if crash_before == name:
+        raise SimulatedCrash(name)
+    if os.environ.get("KILL_BEFORE") == name:  # a real crash: kill -9 of this process
+        os.kill(os.getpid(), signal.SIGKILL)
+    slow = float(os.environ.get("SLOW_TOOLS", "0"))
+    if slow:
+        await asyncio.sleep(slow)
+    key = current_step().idempotency_key
+    _ledger("tool", key)
+    return f"{name}-done"
+
+
+@tool
+async def reserve(item: str) -> str:
+    """Reserve an item."""
+    return await _effect("reserve")
+
+
+@tool
+async def charge(item: str) -> str:
+    """Charge the customer for the item."""
+    return await _effect("charge")
+
+
+@tool
+async def notify(person: str) -> str:
+    """Notify a person."""
+    return await _effect("notify")
+
+
+TOOLS = [reserve, charge, notify]
+
+
+def _on_request(_n: int) -> None:
+    _ledger("model", current_step().idempotency_key)
+
+
+def _model() -> ScriptedModel:
+    return ScriptedModel(on_request=_on_request)
+
+
+agent = Agent(_model(), name="worker-app", tools=TOOLS)
+"""The perdure facade agent the worker serves."""
+
+pydantic_agent: PydanticAgent[None, str] = PydanticAgent(
+    _model(), name="pyd-app", tools=TOOLS, capabilities=[PerdureDurability()]
+)
+"""The same agent as a plain pydantic-ai agent with the durability capability."""
+
+agents_by_name: dict[str, Any] = {"worker-app": agent, "pyd-app": pydantic_agent}
+
+
+def resolve(head: Any) -> Any:
+    """Callable resolver: picks the agent by the recorded agent name."""
+    return agents_by_name.get(head.task.agent_name)
+
+
+async def interrupt(
+    storage: DurableExecutionStorage, execution_id: str, at: str, *, facade: bool = True
+) -> None:
+    """Start execution `execution_id` and 'kill' it right before tool `at` runs."""
+    global crash_before
+    crash_before = at
+    try:
+        if facade:
+            durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
+            await agent.do_async(Task(PROMPT, durable_execution=durable))
+        else:
+            durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
+            await durable.run_agent_async(pydantic_agent, PROMPT)
+    except SimulatedCrash:
+        pass
+    else:  # pragma: no cover - the crash point was never reached
+        raise AssertionError(f"execution {execution_id} ran to completion; no crash at {at}")
+    finally:
+        crash_before = None
+
+
+def main(argv: list[str]) -> int:
+    """`URL ID`: run one execution to the end (or to the `KILL_BEFORE` crash) and print its output."""
+    url, execution_id = argv
+    storage = storage_from_url(url)
+    durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
+    print(agent.do(Task(PROMPT, durable_execution=durable)))
+    asyncio.run(storage.close_async())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as `python -c "import worker_app; ..."` instead
+    sys.exit(main(sys.argv[1:]))
