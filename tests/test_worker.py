@@ -106,7 +106,7 @@ def assert_each_unit_once(ledger: Path, executions: int) -> Counter[str]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "count"), [("sqlite", 500), ("postgres", 500), ("redis", 500), ("file", 100)]
+    ("kind", "count"), [("sqlite", 500), ("postgres", 500), ("redis", 200), ("file", 100)]
 )
 def test_four_workers_recover_every_execution_exactly_once(
     kind: str, count: int, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
