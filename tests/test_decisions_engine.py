@@ -299,3 +299,22 @@ async def test_crash_after_approval_replays_the_journaled_decision(storage: Dura
     final = await DurableExecution(storage, execution_id="exec-c").resume_agent_async(agent)
     assert final.output == "done: delete_account=deleted ann; notify=sent done"
     assert EFFECTS == [("delete", "ann")]
+
+
+async def test_a_rerun_that_is_interrupted_again_needs_a_new_decision(
+    storage: DurableExecutionStorage,
+) -> None:
+    agent = await _interrupted(storage, "exec-rerun2")
+    FAIL["pay"] = 1
+    durable = DurableExecution(storage, execution_id="exec-rerun2", auto_cleanup=False)
+    with pytest.raises(ConnectionError):
+        await durable.resume_agent_async(agent, resolutions={"call-1-0": "rerun"})
+    assert EFFECTS == [("pay", 7), ("pay", 7)]
+    # The journaled "rerun" belongs to the first try; the second try has its own marker.
+    with pytest.raises(NonIdempotentReplayError):
+        await durable.resume_agent_async(agent)
+    assert EFFECTS == [("pay", 7), ("pay", 7)]
+    markers = [s.key for s in await storage.load_steps_async("exec-rerun2") if s.kind is StepKind.STARTED]
+    assert markers == ["started:tool:call-1-0", "started:tool:call-1-0#2"]
+    result = await durable.resume_agent_async(agent, resolutions={"call-1-0": ToolResolution.done("ok")})
+    assert result.output == "done: notify=sent a; pay=ok"

@@ -500,12 +500,13 @@ async def _record_end(write: Any, execution_id: str) -> None:
 
 def _interrupted_calls(journal: list[StepRecord]) -> list[str]:
     """Tool call ids with a `started` marker and no journaled result: interrupted mid-effect."""
-    done = {s.key for s in journal if s.kind is StepKind.TOOL_CALL}
-    return [
-        s.key.removeprefix("started:tool:")
+    done = {s.key.removeprefix("tool:") for s in journal if s.kind is StepKind.TOOL_CALL}
+    started = [
+        s.result.get("tool_call_id")
         for s in journal
-        if s.kind is StepKind.STARTED and s.key.removeprefix("started:") not in done
+        if s.kind is StepKind.STARTED and isinstance(s.result, dict)
     ]
+    return list(dict.fromkeys(i for i in started if isinstance(i, str) and i not in done))
 
 
 def _check_decisions(

@@ -324,29 +324,49 @@ class JournalRun:
     async def _guard_non_idempotent(self, unit: UnitIdentity, key: str) -> StepRecord | None:
         """Before a non-idempotent call: detect an interrupted earlier try, else mark this one started.
 
-        Returns the step to use as the call's result when an operator resolved an interrupted call as
-        done; None when the call should run now.
+        Each try gets its own marker (`started:<key>`, then `started:<key>#2`, ...). A marker
+        without a result means a try was interrupted. The operator's decision for it comes from
+        `resolutions`, or from the journal when a decision was already journaled after that marker
+        (the process died right after journaling it): a decision is applied once, never asked twice.
+
+        Returns the step to use as the call's result when the call was resolved as done; None when
+        the call should run now.
         """
-        marker = self._journal.get(f"started:{key}")
-        if marker is None:
-            await self._append_bookkeeping(
-                StepKind.STARTED,
-                f"started:{key}",
-                unit.name,
-                {"tool_call_id": unit.tool_call_id, "args": _jsonable(unit.args)},
-            )
+        prefix = f"started:{key}"
+        markers = [
+            step
+            for step in self._journal.values()
+            if step.kind is StepKind.STARTED and (step.key == prefix or step.key.startswith(prefix + "#"))
+        ]
+        marker_result = {"tool_call_id": unit.tool_call_id, "args": _jsonable(unit.args)}
+        if not markers:
+            await self._append_bookkeeping(StepKind.STARTED, prefix, unit.name, marker_result)
             return None
+        latest = max(markers, key=lambda step: step.seq)
         call_id = unit.tool_call_id or key
         tool_name = unit.name.removeprefix("tool:")
         resolution = self.resolutions.pop(call_id, None)
         if resolution is None:
-            raise NonIdempotentReplayError(self.execution_id, tool_name, call_id, unit.args, seq=marker.seq)
-        await self._append_bookkeeping(
-            StepKind.DECISION,
-            f"decision:{key}#{self._decisions + 1}",
-            unit.name,
-            {"tool_call_id": call_id, "action": resolution.action, "result": resolution.result},
-        )
+            journaled = [
+                step
+                for step in self._journal.values()
+                if step.kind is StepKind.DECISION
+                and step.key.startswith(f"decision:{key}#")
+                and step.seq > latest.seq
+            ]
+            if not journaled:
+                raise NonIdempotentReplayError(
+                    self.execution_id, tool_name, call_id, unit.args, seq=latest.seq
+                )
+            decided = max(journaled, key=lambda step: step.seq).result
+            resolution = ToolResolution(decided["action"], decided.get("result"))
+        else:
+            await self._append_bookkeeping(
+                StepKind.DECISION,
+                f"decision:{key}#{self._decisions + 1}",
+                unit.name,
+                {"tool_call_id": call_id, "action": resolution.action, "result": resolution.result},
+            )
         if resolution.action == "abort":
             raise ExecutionAborted(self.execution_id, tool_name, call_id)
         if resolution.action == "rerun":
@@ -355,6 +375,10 @@ class JournalRun:
                 self.execution_id,
                 call_id,
                 tool_name,
+            )
+            # A fresh marker: if this try is interrupted too, it needs a decision of its own.
+            await self._append_bookkeeping(
+                StepKind.STARTED, f"{prefix}#{len(markers) + 1}", unit.name, marker_result
             )
             return None
         step = StepRecord(
@@ -368,7 +392,7 @@ class JournalRun:
             attempt=self._failed_attempts[key] + 1,
         )
         record_durable_unit(executed=False)
-        await self._journal_step(step)
+        await self._journal_step(step, executed=False)
         if self.on_unit is not None:
             self.on_unit(step, False)
         return step
@@ -426,7 +450,7 @@ class JournalRun:
         if kind is StepKind.DECISION:
             self._decisions += 1
 
-    async def _journal_step(self, step: StepRecord) -> None:
+    async def _journal_step(self, step: StepRecord, *, executed: bool = True) -> None:
         head = self.head
         usage = head.usage
         replay = head.replay
@@ -443,7 +467,8 @@ class JournalRun:
             replay = replay.model_copy(update={"executed_model_requests": replay.executed_model_requests + 1})
         elif step.kind is StepKind.TOOL_CALL:
             usage = usage.model_copy(update={"tool_calls": usage.tool_calls + 1})
-            replay = replay.model_copy(update={"executed_tool_calls": replay.executed_tool_calls + 1})
+            if executed:  # a call resolved as done by an operator took effect, but not here
+                replay = replay.model_copy(update={"executed_tool_calls": replay.executed_tool_calls + 1})
         new_head = head.model_copy(
             update={
                 "status": ExecutionStatus.SUCCESS,
