@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.perdure-installed
 
-.PHONY: demo test lint typecheck unit venv clean bench
+.PHONY: demo test lint typecheck unit venv clean bench bench-backends fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
+
+bench-backends: $(STAMP)
+	$(PY) benchmarks/backends.py
+
+fuzz: $(STAMP)
+	$(PY) benchmarks/crash_fuzz.py --backend sqlite --kills 200 --seed $${SEED:-1}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
