@@ -181,21 +181,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]], execution_id: str | None) -> list[int]:
         """Run `statements` in one immediate transaction; return their row counts."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc, execution_id) from exc
-        return counts
+        return self._transaction(
+            execution_id, lambda conn: [conn.execute(sql, params).rowcount for sql, params in statements]
+        )
 
     def _read(self, sql: str, params: Sequence[Any], execution_id: str | None = None) -> list[Any]:
         try:
@@ -273,7 +261,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                 record.execution_id, record.lease_owner or "(no lease)", holder[0] if holder else None
             )
 
-    def _transaction(self, execution_id: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _transaction(self, execution_id: str | None, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run `work` in one immediate transaction, mapping driver errors to StorageUnavailableError."""
         conn = self._conn()
         try:
