@@ -399,11 +399,7 @@ class DurableExecution:
         kwargs = dict(run_kwargs)
         if round_input is not None:
             run.round = round_input["round"]
-            # [facade fix] pydantic-ai refuses a `message_history` that already carries the run's
-            # `run_id` ("already appears in message_history"); every round runs with run_id = the
-            # execution id (stable idempotency keys), so strip it from the stored history.
-            history = [{**m, "run_id": None} if isinstance(m, dict) else m for m in round_input["messages"]]
-            kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(history)
+            kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(round_input["messages"])
             kwargs["deferred_tool_results"] = approvals_from_json(round_input["approvals"])
             user_prompt: str | None = None
         else:
@@ -558,7 +554,12 @@ def _approval_pending(result: AgentRunResult[Any], round_no: int) -> PendingDeci
         PendingCall(tool_call_id=c.tool_call_id, tool_name=c.tool_name, args=c.args_as_dict())
         for c in requests.approvals
     ]
-    messages = ModelMessagesTypeAdapter.dump_python(result.all_messages(), mode="json")
+    # pydantic-ai refuses a `message_history` that already carries the run's `run_id`, and every
+    # round runs with run_id = the execution id (stable idempotency keys): store the history without it.
+    messages = [
+        {**m, "run_id": None}
+        for m in ModelMessagesTypeAdapter.dump_python(result.all_messages(), mode="json")
+    ]
     return PendingDecision(kind="approval", calls=calls, round=round_no, messages=messages)
 
 

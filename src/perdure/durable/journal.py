@@ -274,14 +274,16 @@ class JournalRun:
         policy: RetryPolicy | None = config.get("retry")
         breaker: CircuitBreaker | None = config.get("circuit_breaker")
         failed = self._failed_attempts[key]
-        step_token = _STEP.set(StepContext(self.execution_id, key, unit.name, failed + 1, unit.tool_call_id))
+
+        def step_context() -> StepContext:  # the attempt number moves with each journaled failure
+            return StepContext(
+                self.execution_id, key, unit.name, self._failed_attempts[key] + 1, unit.tool_call_id
+            )
+
+        step_token = _STEP.set(step_context())
 
         async def attempt_body() -> Any:
-            _STEP.set(
-                StepContext(
-                    self.execution_id, key, unit.name, self._failed_attempts[key] + 1, unit.tool_call_id
-                )
-            )
+            _STEP.set(step_context())
             return await body()
 
         async def record_failure(attempt: int, exc: BaseException, delay: float) -> None:
