@@ -15,18 +15,24 @@ __all__ = [
     "CircuitOpenError",
     "CorruptRecordError",
     "ExecutionCompletedError",
+    "ExecutionDeletedError",
     "ExecutionLeased",
     "ExecutionLeasedError",
     "ExecutionNotFoundError",
     "IncompatibleSchemaError",
+    "InvalidExecutionIdError",
     "JournalMismatchError",
     "LeaseLostError",
     "NonIdempotentReplayError",
     "PerdureError",
     "SerializationError",
     "StepConflictError",
+    "StorageConfigurationError",
+    "StorageLockedError",
+    "StorageNotFoundError",
     "StorageUnavailableError",
     "ToolNotFoundError",
+    "UnregisteredReferenceError",
     "UserError",
 ]
 
@@ -62,14 +68,18 @@ class UserError(PerdureError):
 class ExecutionNotFoundError(PerdureError, KeyError):
     """No execution with this id exists in the storage."""
 
-    def __init__(self, execution_id: str, *, backend: str = "") -> None:
-        where = f" in {backend} storage" if backend else ""
+    def __init__(self, execution_id: str, *, backend: str = "", where: str = "") -> None:
+        place = f" in {backend} storage" if backend else ""
+        if where:
+            place += f" {where}"
         super().__init__(
-            f"Execution {execution_id!r} was not found{where}. Check the id (list them with "
+            f"Execution {execution_id!r} was not found{place}. Check the id (list them with "
             f"DurableExecution.list_all_executions(storage)) and that you opened the same storage "
             f"(path, table name or URL) the run was started with.",
             execution_id=execution_id,
         )
+        self.backend = backend
+        self.where = where
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.message
@@ -264,3 +274,76 @@ class CircuitOpenError(PerdureError):
         )
         self.model = model
         self.retry_in = retry_in
+
+
+class ExecutionDeletedError(PerdureError):
+    """The execution was deleted while a worker still ran it; its writes are refused, nothing is re-created.
+
+    A forced delete (`delete_state(id, force=True)`) leaves a tombstone; every later write of that id
+    (a journal step, a head update, a new run reusing the id) fails with this error instead of
+    bringing the execution back with a partial journal.
+    """
+
+    def __init__(self, execution_id: str, *, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"Execution {execution_id!r} was deleted{extra}; the write was refused and nothing was "
+            f"re-created. The attempt that was running it stops here. Start a new execution (new id) to run "
+            f"the task again.",
+            execution_id=execution_id,
+        )
+
+
+class StorageNotFoundError(PerdureError):
+    """A read-only operation named a storage that does not exist; perdure created nothing."""
+
+    def __init__(self, backend: str, location: str, *, hint: str = "") -> None:
+        advice = hint or "Check the path or URL (a typo?), or start a run there first: writing creates it."
+        super().__init__(f"No {backend} storage at {location}: it does not exist. {advice}")
+        self.backend = backend
+        self.location = location
+
+
+class StorageConfigurationError(UserError):
+    """The storage was configured wrongly (URL, table name, prefix, option); retrying will not help."""
+
+
+class InvalidExecutionIdError(UserError):
+    """An execution id that perdure refuses to use as a key, file name or SQL value."""
+
+    def __init__(self, execution_id: str, reason: str) -> None:
+        super().__init__(
+            f"Invalid execution id {execution_id!r}: {reason}. Use letters, digits, '-', '_' and '.', at "
+            f"most 128 characters (perdure's own ids look like 20261122135501-a1b2c3d4).",
+            execution_id=execution_id,
+        )
+
+
+class StorageLockedError(StorageUnavailableError):
+    """A storage lock stayed held past the timeout (another process is stuck holding it); retryable."""
+
+    def __init__(self, backend: str, detail: str, *, execution_id: str | None = None) -> None:
+        super().__init__(backend, detail, execution_id=execution_id)
+
+
+class UnregisteredReferenceError(PerdureError):
+    """A record names code (tool, output type, agent) that the running program did not register.
+
+    Stored data never chooses code: a recorded reference is only a lookup key into what this
+    process registered (`@tool`, the agents it created, `tools=` / `response_format=` passed in).
+    Nothing named by the record was imported or called.
+    """
+
+    def __init__(self, execution_id: str | None, kind: str, reference: str, *, hint: str = "") -> None:
+        who = f"Execution {execution_id!r} needs" if execution_id else "The record needs"
+        advice = hint or (
+            f"Import the module that defines it before resuming (importing registers it), or pass it "
+            f"explicitly ({'tools=[...]' if kind == 'tool' else 'response_format=...'})."
+        )
+        super().__init__(
+            f"{who} {kind} {reference!r}, which this program did not register; nothing was imported or "
+            f"run. {advice}",
+            execution_id=execution_id,
+        )
+        self.kind = kind
+        self.reference = reference

@@ -62,6 +62,15 @@ class DurableExecutionStorage(ABC):
     backend_name: ClassVar[str] = "custom"
     """Short name reported by `get_stats()['backend']`."""
 
+    journal_may_lead_head: ClassVar[int] = 0
+    """How many journal entries a crash may leave beyond the head's `next_seq`.
+
+    0 for backends that write the journal entry and the head atomically (SQL, Redis, memory). The
+    file backend appends the entry before it replaces the head, so it may leave 1. Any other
+    difference between the journal and the head (entries missing, gaps) is corruption, and the
+    engine refuses to run the execution (`CorruptRecordError`) rather than run lost units again.
+    """
+
     # ---- the contract -------------------------------------------------------------------------
 
     @abstractmethod
@@ -73,8 +82,17 @@ class DurableExecutionStorage(ABC):
         """Return the head record, None when absent; raise `CorruptRecordError` if it is damaged."""
 
     @abstractmethod
-    async def delete_state_async(self, execution_id: str) -> bool:
-        """Delete the head and journal of an execution; return whether it existed."""
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
+        """Delete the head and journal of an execution; return whether it existed.
+
+        Deleting an execution whose lease is held and unexpired (a worker runs it right now) raises
+        `ExecutionLeasedError` and changes nothing, unless `force` is true. Every delete leaves a
+        tombstone for the id (atomically with the removal): later writes of that id
+        (`save_state_async`, `append_step_async`, also a new run reusing the id) raise
+        `ExecutionDeletedError` instead of re-creating the execution, `acquire_lease_async` raises
+        `ExecutionNotFoundError`, and reads see nothing. `cleanup_old_executions_async` purges
+        tombstones older than its cutoff.
+        """
 
     @abstractmethod
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
@@ -169,9 +187,9 @@ class DurableExecutionStorage(ABC):
         """Sync twin of `load_state_async`."""
         return run_sync(self.load_state_async(execution_id))
 
-    def delete_state(self, execution_id: str) -> bool:
+    def delete_state(self, execution_id: str, *, force: bool = False) -> bool:
         """Sync twin of `delete_state_async`."""
-        return run_sync(self.delete_state_async(execution_id))
+        return run_sync(self.delete_state_async(execution_id, force=force))
 
     def append_step(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Sync twin of `append_step_async`."""
