@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
+	$(PY) -m mypy --strict tests/typing_public_api.py
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

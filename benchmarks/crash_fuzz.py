@@ -320,8 +320,22 @@ class JournalView:
 
     @property
     def tool_ids(self) -> frozenset[str]:
-        """Tool call ids with a journaled result."""
-        return frozenset(s.key.removeprefix("tool:") for s in self.steps if s.kind is StepKind.TOOL_CALL)
+        """Tool call ids with a journaled result (keys are `tool:<model response ordinal>/<id>`)."""
+        return frozenset(
+            s.key.removeprefix("tool:").split("/", 1)[-1] for s in self.steps if s.kind is StepKind.TOOL_CALL
+        )
+
+    def call_keys(self) -> dict[str, str]:
+        """Journal key (`tool:<m>/<id>`) of every tool call the journaled model responses asked for."""
+        keys: dict[str, str] = {}
+        responses = 0
+        for step in self.steps:
+            if step.kind is StepKind.MODEL_REQUEST and isinstance(step.result, dict):
+                responses += 1
+                for part in step.result.get("parts", []):
+                    if part.get("part_kind") == "tool-call":
+                        keys[part["tool_call_id"]] = f"tool:{responses}/{part['tool_call_id']}"
+        return keys
 
     def tools_named(self, name: str) -> int:
         """Journaled results of tool `name`."""
@@ -455,13 +469,14 @@ class Fuzzer:
         for call in head.pending.calls:
             if call.tool_name != app.NON_IDEMPOTENT_TOOL:
                 raise RuntimeError(f"unexpected interrupted tool {call.tool_name!r}")
-            if f"{head.execution_id}:tool:{call.tool_call_id}" in sent:
+            call_key = view.call_keys().get(call.tool_call_id, f"tool:{call.tool_call_id}")
+            if f"{head.execution_id}:{call_key}" in sent:
                 result = app.email_result(**call.args)
                 decisions[call.tool_call_id] = {"action": "done", "result": result}
             else:
                 decisions[call.tool_call_id] = {"action": "rerun"}
             self.summary.resolutions[decisions[call.tool_call_id]["action"]] += 1
-            about = [s for s in view.steps if s.key.split(":", 1)[-1].startswith(f"tool:{call.tool_call_id}")]
+            about = [s for s in view.steps if s.key.split(":", 1)[-1].startswith(call_key)]
             if about and about[-1].kind is StepKind.DECISION:
                 self.summary.decisions_asked_again += 1
         return decisions
@@ -621,24 +636,24 @@ class Fuzzer:
                 f"head usage ({head.usage.requests} requests, {head.usage.tool_calls} tool calls) does not "
                 f"match the journal ({view.models}, {tool_steps})"
             )
+        call_keys = view.call_keys()
         nonidem_ids = [i for name, i in asked if name == app.NON_IDEMPOTENT_TOOL]
         for call_id in nonidem_ids:
-            if keys[f"started:tool:{call_id}"] != 1:
-                violations.append(
-                    f"non-idempotent call {call_id} has {keys[f'started:tool:{call_id}']} started markers"
-                )
+            markers = keys[f"started:{call_keys[call_id]}"]
+            if markers != 1:
+                violations.append(f"non-idempotent call {call_id} has {markers} started markers")
         # External effects.
         ledgers = self.workdir / "ledgers" / execution_id
         self._check_effects(
             "payment",
             app.read_jsonl(ledgers / app.PAYMENTS_LEDGER),
-            {f"{execution_id}:tool:{i}" for name, i in asked if name == app.IDEMPOTENT_TOOL},
+            {f"{execution_id}:{call_keys[i]}" for name, i in asked if name == app.IDEMPOTENT_TOOL},
             violations,
         )
         self._check_effects(
             "e-mail",
             [{**e, "event": "effect"} for e in app.read_jsonl(ledgers / app.EMAILS_LEDGER)],
-            {f"{execution_id}:tool:{i}" for i in nonidem_ids},
+            {f"{execution_id}:{call_keys[i]}" for i in nonidem_ids},
             violations,
         )
         self._check_trace(ledgers / app.TRACE_FILE, records, violations)
@@ -721,7 +736,8 @@ class Fuzzer:
         if self.config.backend in ("redis", "postgres"):
             for head in self.storage.list_executions():
                 if head.execution_id.startswith(f"cf{self.token}-"):
-                    self.storage.delete_state(head.execution_id)
+                    # Killed workers leave unexpired leases behind: the delete has to be forced.
+                    self.storage.delete_state(head.execution_id, force=True)
         self.storage.close()
 
 

@@ -242,6 +242,7 @@ class KillingStorage(DurableExecutionStorage):
         self.inner = inner
         self.killer = killer
         self.backend_name = inner.backend_name  # type: ignore[misc]
+        self.journal_may_lead_head = inner.journal_may_lead_head  # type: ignore[misc]
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
         self.killer.point("save-before")
@@ -263,8 +264,8 @@ class KillingStorage(DurableExecutionStorage):
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         return await self.inner.load_state_async(execution_id)
 
-    async def delete_state_async(self, execution_id: str) -> bool:
-        return await self.inner.delete_state_async(execution_id)
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
+        return await self.inner.delete_state_async(execution_id, force=force)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         return await self.inner.load_steps_async(execution_id)

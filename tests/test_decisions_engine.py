@@ -125,7 +125,7 @@ async def test_idempotency_key_is_stable_across_resumes(storage: DurableExecutio
         await durable.run_agent_async(agent, "go")
     result = await DurableExecution(storage, execution_id="exec-key").resume_agent_async(agent)
     assert result.output == "done: notify=sent hi"
-    assert KEYS == ["exec-key:tool:call-0-0", "exec-key:tool:call-0-0"]
+    assert KEYS == ["exec-key:tool:1/call-0-0", "exec-key:tool:1/call-0-0"]
 
 
 def test_current_step_outside_a_unit_is_a_clear_error() -> None:
@@ -144,8 +144,8 @@ async def test_started_marker_precedes_the_call(storage: DurableExecutionStorage
     assert result.output == "done: pay=paid 5"
     steps = await storage.load_steps_async("exec-m")
     kinds = [(s.kind, s.key) for s in steps]
-    started = kinds.index((StepKind.STARTED, "started:tool:call-0-0"))
-    assert kinds[started + 1] == (StepKind.TOOL_CALL, "tool:call-0-0")
+    started = kinds.index((StepKind.STARTED, "started:tool:1/call-0-0"))
+    assert kinds[started + 1] == (StepKind.TOOL_CALL, "tool:1/call-0-0")
     assert steps[started].result == {"tool_call_id": "call-0-0", "args": {"amount": 5}}
 
 
@@ -315,6 +315,6 @@ async def test_a_rerun_that_is_interrupted_again_needs_a_new_decision(
         await durable.resume_agent_async(agent)
     assert EFFECTS == [("pay", 7), ("pay", 7)]
     markers = [s.key for s in await storage.load_steps_async("exec-rerun2") if s.kind is StepKind.STARTED]
-    assert markers == ["started:tool:call-1-0", "started:tool:call-1-0#2"]
+    assert markers == ["started:tool:2/call-1-0", "started:tool:2/call-1-0#2"]
     result = await durable.resume_agent_async(agent, resolutions={"call-1-0": ToolResolution.done("ok")})
     assert result.output == "done: notify=sent a; pay=ok"

@@ -29,6 +29,7 @@ from perdure.errors import (
     UserError,
 )
 from perdure.models import ScriptedModel
+from perdure.registry import Registry
 from perdure.storage.base import DurableExecutionStorage
 
 CALLS: Counter[str] = Counter()
@@ -345,6 +346,12 @@ async def test_sync_api_works_inside_running_loop() -> None:
 
 
 def test_unknown_execution_id_is_typed_error(storage: DurableExecutionStorage) -> None:
+    DurableExecution(storage, auto_cleanup=False).run_agent(  # the storage exists: something ran there
+        Agent(ScriptedModel())._build(
+            model=ScriptedModel(), tools=TOOLS, output_type=None, instructions=None
+        ),
+        PROMPT,
+    )
     with pytest.raises(ExecutionNotFoundError, match="nope-1"):
         Agent(ScriptedModel()).continue_durable("nope-1", storage)
     assert DurableExecution.get_execution_info("nope-1", storage) is None
@@ -401,7 +408,7 @@ def test_corrupt_and_newer_schema_records(tmp_path: Path) -> None:
     assert storage.get_stats()["by_status"]["completed"] >= 1
 
 
-def test_resume_with_missing_or_mismatched_tools(tmp_path: Path) -> None:
+def test_resume_with_missing_or_mismatched_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = InMemoryDurableStorage()
 
     def local_tool(source: str) -> str:  # not importable: defined inside a function
@@ -411,8 +418,10 @@ def test_resume_with_missing_or_mismatched_tools(tmp_path: Path) -> None:
     durable = DurableExecution(storage, auto_cleanup=False)
     with pytest.raises(RuntimeError):
         Agent(ScriptedModel()).do(Task("Call local_tool", tools=[local_tool], durable_execution=durable))
-    with pytest.raises(ToolNotFoundError, match="local_tool") as err:
-        Agent(ScriptedModel()).continue_durable(durable.execution_id, storage)
+    with monkeypatch.context() as patch:  # as in a new process that never registered it
+        patch.setattr("perdure.agent.tools.registry", Registry())
+        with pytest.raises(ToolNotFoundError, match="local_tool") as err:
+            Agent(ScriptedModel()).continue_durable(durable.execution_id, storage)
     assert durable.execution_id in str(err.value) and "tools=[local_tool]" in str(err.value)
 
     # A tool with the same name but a journal that disagrees: replay refuses instead of guessing.
@@ -464,24 +473,27 @@ def test_errors_pickle() -> None:
 
 def test_journal_ahead_of_head_after_crash_between_the_two_writes(tmp_path: Path) -> None:
     """File backend: the journal entry is fsync'd before the head is replaced; a crash in between
-    leaves the journal one step ahead. Resume must replay that step, not run it or collide with it."""
+    leaves the journal one step ahead. Resume must replay that step, not run it or collide with it.
+    A journal further ahead than that one window is corruption: nothing runs."""
     storage = FileDurableStorage(path=str(tmp_path / "states"))
     durable = DurableExecution(storage, auto_cleanup=False)
-    stale: list[Any] = []
-
-    def keep_head_before_fetch(step: Any, replayed: bool) -> None:
-        if step.name == "model_request" and not stale:
-            stale.append(storage.load_state(durable.execution_id))
-
     FAIL_ON.add("validate_data")
     agent = Agent(ScriptedModel())._build(
         model=ScriptedModel(), tools=TOOLS, output_type=None, instructions=None
     )
     with pytest.raises(RuntimeError):
-        durable.run_agent(agent, PROMPT, on_unit=keep_head_before_fetch)
+        durable.run_agent(agent, PROMPT)
     FAIL_ON.clear()
-    storage.save_state(stale[0])  # the head as it was before tool:fetch_data was journaled
-    assert stale[0].next_seq == 1 and len(storage.load_steps(durable.execution_id)) == 3
+    steps = storage.load_steps(durable.execution_id)
+    assert CALLS["fetch_data"] == 1
+    failed = storage.load_state(durable.execution_id)
+    assert failed is not None
+    storage.save_state(failed.model_copy(update={"next_seq": len(steps) - 2}))
+    with pytest.raises(CorruptRecordError, match=durable.execution_id):
+        durable.resume_agent(agent)
+    assert CALLS["fetch_data"] == 1
+    # The head as it was before tool:fetch_data was journaled: the file backend's crash window.
+    storage.save_state(failed.model_copy(update={"next_seq": len(steps) - 1}))
     attempt = durable.resume_agent(agent)
     assert CALLS["fetch_data"] == 1  # journaled, so replayed although the head did not count it
     assert attempt.head.usage.tool_calls == 4 and attempt.head.usage.requests == 5

@@ -494,5 +494,5 @@ def test_idempotent_tool_reruns_in_the_crash_window_with_the_same_idempotency_ke
     runs = [e for e in app.read_ledger(ledger) if e.startswith("tool book")]
     assert len(runs) == 2  # ran again: its result was never journaled
     keys = {e.split("key=")[1] for e in runs}
-    assert keys == {f"{run_id}:tool:c-book"}
-    assert json.loads(api.read_text()) == {f"{run_id}:tool:c-book": "r101"}  # one effect
+    assert keys == {f"{run_id}:tool:1/c-book"}
+    assert json.loads(api.read_text()) == {f"{run_id}:tool:1/c-book": "r101"}  # one effect

@@ -211,7 +211,7 @@ def test_tables_created_on_first_use_with_layout_version(
 ) -> None:
     assert _tables(db, prefix) == set()  # constructing does not touch the database
     assert store.load_state("nothing") is None
-    assert _tables(db, prefix) == {f"{prefix}heads", f"{prefix}steps", f"{prefix}meta"}
+    assert _tables(db, prefix) == {f"{prefix}heads", f"{prefix}steps", f"{prefix}meta", f"{prefix}tombstones"}
     version = _scalar(db, f"SELECT value FROM {prefix}meta WHERE key = 'layout_version'")
     assert int(version) == LAYOUT_VERSION
 
@@ -219,6 +219,7 @@ def test_tables_created_on_first_use_with_layout_version(
 def test_newer_layout_is_refused_and_left_unchanged(
     store: PostgresDurableStorage, db: psycopg.Connection[Any], prefix: str, postgres_dsn: str
 ) -> None:
+    store.save_state(ExecutionRecord(execution_id="exec-1"))
     store.append_step(_head("exec-1", 0), _step("exec-1", 0))
     db.execute(f"UPDATE {prefix}meta SET value = %s WHERE key = 'layout_version'", (str(LAYOUT_VERSION + 1),))
     newer = PostgresDurableStorage(postgres_dsn, table_prefix=prefix)
@@ -244,15 +245,16 @@ def test_migrations_run_in_order_from_the_stored_version(
     postgres_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store.save_state(ExecutionRecord(execution_id="exec-v1"))  # layout v1 in place
+    store.save_state(ExecutionRecord(execution_id="exec-v1"))  # the current layout in place
     applied: list[int] = []
+    new = LAYOUT_VERSION + 1
 
-    def v2(names: Any) -> list[str]:
-        applied.append(2)
+    def v_next(names: Any) -> list[str]:
+        applied.append(new)
         return [f"ALTER TABLE {names.heads} ADD COLUMN note TEXT"]
 
-    monkeypatch.setattr(pgmod, "_MIGRATIONS", (*pgmod._MIGRATIONS, (2, v2)))
-    monkeypatch.setattr(pgmod, "LAYOUT_VERSION", 2)
+    monkeypatch.setattr(pgmod, "_MIGRATIONS", (*pgmod._MIGRATIONS, (new, v_next)))
+    monkeypatch.setattr(pgmod, "LAYOUT_VERSION", new)
     upgraded = PostgresDurableStorage(postgres_dsn, table_prefix=prefix)
     again = PostgresDurableStorage(postgres_dsn, table_prefix=prefix)
     try:
@@ -261,8 +263,8 @@ def test_migrations_run_in_order_from_the_stored_version(
     finally:
         upgraded.close()
         again.close()
-    assert applied == [2]  # only the missing step ran, and only once
-    assert int(_scalar(db, f"SELECT value FROM {prefix}meta")) == 2
+    assert applied == [new]  # only the missing step ran, and only once
+    assert int(_scalar(db, f"SELECT value FROM {prefix}meta")) == new
     cols = {
         r[0]
         for r in db.execute(
@@ -296,6 +298,7 @@ def test_processes_create_the_schema_and_append_concurrently(
         while len(list(gate.glob("ready-*"))) < n:
             time.sleep(0.005)
         eid = f"proc-{worker}"
+        store.save_state(ExecutionRecord(execution_id=eid))
         for seq in range(30):
             head = ExecutionRecord(execution_id=eid, next_seq=seq + 1, step_index=seq)
             step = StepRecord(execution_id=eid, seq=seq, kind=StepKind.TOOL_CALL, name="tool:t",
@@ -371,6 +374,7 @@ def _snapshot(db: psycopg.Connection[Any], prefix: str, execution_id: str) -> tu
 def test_conflict_and_fence_refusals_change_nothing(
     store: PostgresDurableStorage, db: psycopg.Connection[Any], prefix: str
 ) -> None:
+    store.save_state(ExecutionRecord(execution_id="exec-a"))
     store.append_step(_head("exec-a", 0), _step("exec-a", 0))
     store.append_step(_head("exec-a", 1), _step("exec-a", 1))
     before = _snapshot(db, prefix, "exec-a")
@@ -397,6 +401,7 @@ def test_zstd_codec_is_stored_with_the_row(
 ) -> None:
     store = PostgresDurableStorage(postgres_dsn, table_prefix=prefix, codec=Codec(compress_above=256))
     big = {"text": "abc" * 10_000}
+    store.save_state(ExecutionRecord(execution_id="exec-z"))
     store.append_step(_head("exec-z", 0, output=big), _step("exec-z", 0, result=big))
     codec, size = db.execute(f"SELECT codec, length(payload) FROM {prefix}steps").fetchone()  # type: ignore[misc]
     assert codec == "json+zstd" and size < 2_000
@@ -451,6 +456,7 @@ def test_threads_append_to_distinct_executions_through_one_storage(store: Postgr
 
     def worker(n: int) -> None:  # each thread runs the sync twins on its own loop, with its own pool
         try:
+            store.save_state(ExecutionRecord(execution_id=f"thr-{n}"))
             for seq in range(25):
                 store.append_step(_head(f"thr-{n}", seq), _step(f"thr-{n}", seq))
         except BaseException as exc:
@@ -472,6 +478,7 @@ def test_threads_append_to_distinct_executions_through_one_storage(store: Postgr
 
 async def test_concurrent_appends_in_one_loop(store: PostgresDurableStorage) -> None:
     async def run(n: int) -> None:
+        await store.save_state_async(ExecutionRecord(execution_id=f"co-{n}"))
         for seq in range(20):
             await store.append_step_async(_head(f"co-{n}", seq), _step(f"co-{n}", seq))
 
@@ -534,6 +541,7 @@ def test_idle_connections_broken_by_a_restart_are_replaced_silently(
     prefix: str,
 ) -> None:
     store = PostgresDurableStorage(postgres_server.dsn, table_prefix=prefix, min_size=2)
+    store.save_state(ExecutionRecord(execution_id="exec-r"))
     store.append_step(_head("exec-r", 0), _step("exec-r", 0))
     try:
         postgres_server.stop()

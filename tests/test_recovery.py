@@ -152,8 +152,7 @@ async def _async_resolve(head: ExecutionRecord) -> Any:
 @pytest.mark.parametrize(
     "resolver",
     [
-        pytest.param(worker_app.agent, id="perdure-agent"),
-        pytest.param(worker_app.pydantic_agent, id="pydantic-agent"),
+        pytest.param([worker_app.agent, worker_app.pydantic_agent], id="list-of-agents"),
         pytest.param(worker_app.agents_by_name, id="mapping"),
         pytest.param(worker_app.resolve, id="callable"),
         pytest.param(_async_resolve, id="async-callable"),
@@ -172,14 +171,34 @@ async def test_every_kind_of_resolver(
         assert head.status is ExecutionStatus.COMPLETED and head.output.startswith("Completed 3 steps")
 
 
+@pytest.mark.parametrize(
+    ("resolver", "own", "other"),
+    [
+        pytest.param(worker_app.agent, "by-facade", "by-pydantic", id="perdure-agent"),
+        pytest.param(worker_app.pydantic_agent, "by-pydantic", "by-facade", id="pydantic-agent"),
+    ],
+)
+async def test_a_single_agent_serves_only_its_own_executions(
+    sqlite_store: DurableExecutionStorage, ledger: Path, resolver: Any, own: str, other: str
+) -> None:
+    """Never resumed by the wrong agent: another agent's execution is left alone and reported."""
+    await interrupted(sqlite_store, "by-facade", facade=True)
+    await interrupted(sqlite_store, "by-pydantic", facade=False)
+    report = await recover_interrupted_async(sqlite_store, resolver)
+    assert report.recovered == [own]
+    names = {"by-facade": "worker-app", "by-pydantic": "pyd-app"}
+    assert report.not_served == {other: names[other]}
+    assert (await head_of(sqlite_store, other)).status is ExecutionStatus.SUCCESS
+
+
 async def test_resolvers_without_an_agent_skip_failing_resolvers_fail(
     sqlite_store: DurableExecutionStorage, ledger: Path
 ) -> None:
     await interrupted(sqlite_store, "e-1")
     report = await recover_interrupted_async(sqlite_store, {"other-app": worker_app.agent})
-    assert report.skipped == {"e-1": "no agent for agent_name 'worker-app'"}
+    assert report.not_served == {"e-1": "worker-app"} and not report.skipped
     report = await recover_interrupted_async(sqlite_store, lambda head: None)
-    assert report.skipped["e-1"].startswith("no agent")
+    assert report.not_served == {"e-1": "worker-app"}
 
     def broken(head: ExecutionRecord) -> Any:
         raise LookupError("registry down")

@@ -182,6 +182,7 @@ async def test_refused_writes_change_nothing(
     store: RedisDurableStorage, raw: redis.Redis, prefix: str
 ) -> None:
     record = _record("exec-a", next_seq=1)
+    await store.save_state_async(_record("exec-a"))  # appends never create the execution
     await store.append_step_async(record, _step("exec-a", 0))
     record = record.model_copy(update={"next_seq": 2, "status": ExecutionStatus.PAUSED})
     await store.append_step_async(record, _step("exec-a", 1))
@@ -209,6 +210,7 @@ async def test_refused_writes_change_nothing(
 
 async def test_retried_append_of_the_same_entry_is_idempotent(store: RedisDurableStorage) -> None:
     record, step = _record("exec-r", next_seq=1), _step("exec-r", 0)
+    await store.save_state_async(_record("exec-r"))
     await store.append_step_async(record, step)
     # A client retry of a write whose reply was lost sends the very same bytes again.
     await store.append_step_async(record, step)
@@ -246,18 +248,22 @@ async def test_stats_and_list_equal_a_full_scan_after_random_transitions(
                 h.execution_id for h in newest if h.status.value == status
             ][:3]
 
+    current = {eid: eid for eid in ids}  # a deleted id stays tombstoned: its slot moves to a new id
     for n in range(300):
-        eid, op = rng.choice(ids), rng.random()
+        slot, op = rng.choice(ids), rng.random()
+        eid = current[slot]
         status = rng.choice(STATUSES)
         if op < 0.35:
             await store.save_state_async(record(eid, status))
         elif op < 0.75:
+            if not raw.exists(f"{prefix}head:{eid}"):  # appends never create the execution
+                await store.save_state_async(record(eid, status))
             step = _step(eid, next_seq[eid])
             next_seq[eid] += 1
             await store.append_step_async(record(eid, status), step)
         elif op < 0.85:
             await store.delete_state_async(eid)
-            next_seq[eid] = 0
+            current[slot] = f"{slot}.{n}"
         elif op < 0.92:
             if _readable(raw, prefix, eid):
                 await store.acquire_lease_async(eid, "w1", 30)
@@ -286,6 +292,7 @@ async def test_limit_counts_readable_heads_only(store: RedisDurableStorage) -> N
 async def test_compressed_records_roundtrip(redis_server: RedisServer, raw: redis.Redis, prefix: str) -> None:
     big = {"text": "abc " * 5000}
     store = RedisDurableStorage(url=redis_server.url, prefix=prefix, codec=Codec(compress_above=1024))
+    await store.save_state_async(_record("exec-z"))
     await store.append_step_async(_record("exec-z", next_seq=1), _step("exec-z", 0, {"small": 1}))
     await store.append_step_async(_record("exec-z", next_seq=2, output=big), _step("exec-z", 1, big))
     entries = raw.lrange(f"{prefix}journal:exec-z", 0, -1)
@@ -308,6 +315,8 @@ async def test_ttl_expires_finished_executions_only(
 ) -> None:
     store = RedisDurableStorage(url=redis_server.url, prefix=prefix, ttl=1)
     try:
+        for eid in ("done", "broken", "waiting", "running"):  # appends never create the execution
+            await store.save_state_async(_record(eid))
         await store.append_step_async(_record("done", next_seq=1), _step("done", 0))
         await store.save_state_async(_record("done", status=ExecutionStatus.COMPLETED, next_seq=1))
         await store.acquire_lease_async("done", "w1", 60)  # the lease expires with the execution
@@ -358,6 +367,7 @@ async def test_hot_paths_never_scan_the_keyspace(store: RedisDurableStorage, raw
     before = {cmd: _calls(raw, cmd) for cmd in ("keys", "scan")}
     evalsha = _calls(raw, "evalsha")
     for i in range(5):
+        await store.save_state_async(_record(f"e{i}"))
         await store.append_step_async(_record(f"e{i}", next_seq=1), _step(f"e{i}", 0))
         await store.save_state_async(_record(f"e{i}", status=ExecutionStatus.COMPLETED, next_seq=1))
     await store.acquire_lease_async("e0", "w", 10)

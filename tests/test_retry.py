@@ -820,6 +820,6 @@ async def test_tool_retry_policy_through_the_engine() -> None:
     assert all(len(k) == 1 for k in keys.values())  # one idempotency key across retries
     steps = await storage.load_steps_async(durable.execution_id)
     attempts = [s.key for s in steps if s.kind is StepKind.ATTEMPT]
-    assert attempts == ["attempt:tool:c1#1", "attempt:tool:c2#1", "attempt:tool:c2#2"]
-    charge_step = next(s for s in steps if s.key == "tool:c2")
+    assert attempts == ["attempt:tool:1/c1#1", "attempt:tool:2/c2#1", "attempt:tool:2/c2#2"]
+    charge_step = next(s for s in steps if s.key == "tool:2/c2")
     assert charge_step.attempt == 3

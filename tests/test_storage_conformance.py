@@ -19,6 +19,7 @@ from conftest import Factory, make_factory
 from perdure.codec import Codec
 from perdure.errors import (
     CorruptRecordError,
+    ExecutionDeletedError,
     IncompatibleSchemaError,
     StepConflictError,
     StorageUnavailableError,
@@ -71,6 +72,8 @@ async def append_n(
     store: DurableExecutionStorage, execution_id: str, n: int, start: int = 0
 ) -> ExecutionRecord:
     record = make_record(execution_id)
+    if start == 0:  # an append never creates the execution: the first write of a run does
+        await store.save_state_async(record)
     for seq in range(start, start + n):
         record = record.model_copy(
             update={"next_seq": seq + 1, "step_index": seq, "step_name": f"tool:t{seq}"}
@@ -118,6 +121,8 @@ def full_record(execution_id: str) -> ExecutionRecord:
 
 async def test_save_load_roundtrip_keeps_every_field(storage: DurableExecutionStorage) -> None:
     record = full_record("exec-roundtrip")
+    # A write carrying a lease owner (a running attempt's) never creates: the run's first write does.
+    await storage.save_state_async(make_record("exec-roundtrip"))
     await storage.save_state_async(record)
     loaded = await storage.load_state_async("exec-roundtrip")
     # The lease is stored apart from the head body (only the lease methods set it).
@@ -132,6 +137,7 @@ async def test_save_load_roundtrip_keeps_every_field(storage: DurableExecutionSt
 
 
 async def test_load_unknown_returns_none(storage: DurableExecutionStorage) -> None:
+    await storage.save_state_async(make_record("exec-other"))  # the storage exists, the id does not
     assert await storage.load_state_async("does-not-exist") is None
     assert await storage.load_steps_async("does-not-exist") == []
     assert storage.load_state("does-not-exist") is None
@@ -195,9 +201,10 @@ async def test_delete_removes_head_and_journal(storage: DurableExecutionStorage)
     assert await storage.delete_state_async("exec-del") is False
     assert storage.delete_state("never-existed") is False
     assert await storage.load_state_async("exec-keep") is not None
-    # A deleted execution starts a fresh journal at seq 0.
-    await append_n(storage, "exec-del", 1)
-    assert len(await storage.load_steps_async("exec-del")) == 1
+    # The tombstone refuses the id: nothing re-creates the deleted execution.
+    with pytest.raises(ExecutionDeletedError):
+        await append_n(storage, "exec-del", 1)
+    assert await storage.load_steps_async("exec-del") == []
 
 
 async def test_list_newest_first_with_filter_and_limit(storage: DurableExecutionStorage) -> None:
@@ -223,6 +230,8 @@ async def test_list_newest_first_with_filter_and_limit(storage: DurableExecution
 
 
 async def test_get_stats_shape(storage: DurableExecutionStorage) -> None:
+    await storage.save_state_async(make_record("exec-gone"))  # create the storage; tombstones not counted
+    assert await storage.delete_state_async("exec-gone") is True
     empty = await storage.get_stats_async()
     assert empty == {
         "backend": storage.backend_name,
@@ -305,6 +314,7 @@ async def test_newer_schema_version_is_refused(storage: DurableExecutionStorage)
 async def test_large_result_roundtrip(storage: DurableExecutionStorage) -> None:
     big = "x" * (1024 * 1024)
     record = make_record("exec-big", next_seq=1, output={"text": big})
+    await storage.save_state_async(make_record("exec-big"))
     await storage.append_step_async(record, make_step("exec-big", 0, {"blob": big, "n": [1] * 1000}))
     loaded = await storage.load_state_async("exec-big")
     assert loaded is not None and loaded.output == {"text": big}
@@ -315,6 +325,7 @@ async def test_large_result_roundtrip(storage: DurableExecutionStorage) -> None:
 async def test_persistence_across_instances(reopen: Factory) -> None:
     first = reopen()
     record = full_record("exec-persist")
+    await first.save_state_async(make_record("exec-persist"))
     await first.save_state_async(record)
     head = await append_n(first, "exec-persist", 3)
     first.close()
@@ -336,6 +347,7 @@ async def test_zstd_codec_roundtrip(kind: str, tmp_path: Path) -> None:
     store = _factory(kind, tmp_path, codec=Codec(compress_above=1024))()
     big = {"text": "abc " * 5000}
     record = make_record("exec-z", next_seq=2, output=big)
+    await store.save_state_async(make_record("exec-z"))
     await store.append_step_async(make_record("exec-z", next_seq=1), make_step("exec-z", 0, {"small": 1}))
     await store.append_step_async(record, make_step("exec-z", 1, big))
     assert await store.load_state_async("exec-z") == record
@@ -463,12 +475,13 @@ def test_file_rejects_unsafe_execution_ids(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UserError):
         store.delete_state(bad)
     assert not (tmp_path / "escape").exists()
-    assert list((tmp_path / "states").iterdir()) == []
+    assert not (tmp_path / "states").exists()  # nothing was created
 
 
 def test_file_accepts_id_characters(tmp_path: Path) -> None:
     store = FileDurableStorage(tmp_path / "states")
     for good in ("20261122135501-a1b2c3d4", "tenant:run_1.v2", "A-Z.0_9"):
+        store.save_state(make_record(good))
         store.append_step(make_record(good, next_seq=1), make_step(good, 0))
         assert store.load_state(good) is not None
     assert store.get_stats()["total_executions"] == 3
@@ -497,22 +510,26 @@ def test_sqlite_tables_are_separate_and_pragmas_apply(tmp_path: Path) -> None:
     b = SQLiteDurableStorage(tmp_path / "t.db", table_name="runs_b", synchronous="NORMAL")
     a.save_state(make_record("exec-1"))
     assert b.load_state("exec-1") is None and a.load_state("exec-1") is not None
-    conn = b._conn()
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert a._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with b._pool.connection() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with a._pool.connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     a.close()
     b.close()
 
 
 def test_sqlite_refuses_newer_database_layout(tmp_path: Path) -> None:
-    SQLiteDurableStorage(tmp_path / "t.db").close()
+    created = SQLiteDurableStorage(tmp_path / "t.db")
+    created.save_state(make_record("exec-1"))  # the first write creates the file and its tables
+    created.close()
     with sqlite3.connect(tmp_path / "t.db") as raw:
         raw.execute(
             "UPDATE durable_executions_meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,)
         )
+    newer = SQLiteDurableStorage(tmp_path / "t.db")  # opening is lazy: the first use refuses it
     with pytest.raises(IncompatibleSchemaError) as info:
-        SQLiteDurableStorage(tmp_path / "t.db")
+        newer.load_state("exec-1")
     assert info.value.found == SCHEMA_VERSION + 1
 
 
@@ -526,7 +543,10 @@ def test_sqlite_close_then_reuse(tmp_path: Path) -> None:
 
 def test_sqlite_many_processes_append_concurrently(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
-    SQLiteDurableStorage(db).close()  # create the schema once, as an application would at start-up
+    starter = SQLiteDurableStorage(db)  # create the executions (and the file) first, as a run would
+    for n in range(4):
+        starter.save_state(ExecutionRecord(execution_id=f"proc-{n}"))
+    starter.close()
     script = textwrap.dedent(
         """
         import sys

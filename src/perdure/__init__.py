@@ -7,7 +7,7 @@ calls and without repeating finished tool calls.
 
 from __future__ import annotations
 
-from .agent import Agent, AgentRunOutput, Task, tool
+from .agent import Agent, AgentRunOutput, Task, register, tool
 from .db import Database, SqliteDatabase
 from .durable import (
     CircuitBreaker,
@@ -36,6 +36,7 @@ __all__ = [
     "ToolResolution",
     "current_step",
     "idempotency_key",
+    "register",
     "tool",
 ]
 

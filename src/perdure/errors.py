@@ -146,23 +146,41 @@ class SerializationError(PerdureError):
 
 
 class JournalMismatchError(PerdureError):
-    """Replay reached a journaled step that does not match what the code asked for now.
+    """The code asked to resume an execution does not match what its journal recorded.
 
-    The agent's code, prompt or tools changed between the original run and the resume, so replaying
-    the journal would hand recorded results to the wrong calls.
+    The agent's tools, output type, instructions or prompt changed between the original run and the
+    resume (`changes` lists what, with old and new hashes), or replay reached a journaled step that
+    does not match what the code asked for now. Replaying would hand recorded results to the wrong
+    calls, so nothing runs.
     """
 
-    def __init__(self, execution_id: str, step: str, expected: str, found: str) -> None:
-        super().__init__(
-            f"Execution {execution_id!r} cannot be replayed: journal step {step} recorded {found!r} but "
-            f"the agent now asked for {expected!r}. Resume with the same task, prompt, tools and agent "
-            f"configuration the execution started with (pass tools=[...] explicitly if they moved), or "
-            f"start a new execution.",
-            execution_id=execution_id,
-            step=step,
-        )
+    def __init__(
+        self,
+        execution_id: str,
+        step: str,
+        expected: str,
+        found: str,
+        *,
+        changes: list[str] | None = None,
+    ) -> None:
+        if changes:
+            message = (
+                f"Execution {execution_id!r} cannot be resumed with this agent: it differs from what the "
+                f"execution recorded: {'; '.join(changes)}. Nothing ran and the execution is unchanged. "
+                f"Resume it with the code it started with, or accept the change on purpose with "
+                f"allow_changes={{...}} (worker: --allow-changes)."
+            )
+        else:
+            message = (
+                f"Execution {execution_id!r} cannot be replayed: journal step {step} recorded {found!r} "
+                f"but the agent now asked for {expected!r}. Resume with the same task, prompt, tools and "
+                f"agent configuration the execution started with (pass tools=[...] explicitly if they "
+                f"moved), or start a new execution."
+            )
+        super().__init__(message, execution_id=execution_id, step=step)
         self.expected = expected
         self.found = found
+        self.changes = list(changes or [])
 
 
 class ToolNotFoundError(PerdureError):
@@ -172,7 +190,7 @@ class ToolNotFoundError(PerdureError):
         super().__init__(
             f"Execution {execution_id!r} used tool {tool_name!r}, which cannot be found to resume it: "
             f"{detail}. Pass the tool explicitly, e.g. agent.continue_durable({execution_id!r}, storage, "
-            f"tools=[{tool_name}]), or define it at module level so its import path resolves.",
+            f"tools=[{tool_name}]), or import the module that defines it before resuming.",
             execution_id=execution_id,
             step=f"tool:{tool_name}",
         )

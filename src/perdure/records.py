@@ -16,10 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._redact import redact
+
 __all__ = [
     "SCHEMA_VERSION",
     "ErrorInfo",
+    "ExecutionIdentity",
     "ExecutionRecord",
+    "IdentityChange",
     "ExecutionStatus",
     "PendingCall",
     "PendingDecision",
@@ -78,7 +82,19 @@ class StepKind(StrEnum):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=False, use_enum_values=False)
+    # NaN and infinities serialize as the (non-JSON) constants so that `perdure.codec` sees and refuses
+    # them instead of storing null.
+    model_config = ConfigDict(
+        extra="ignore", validate_assignment=False, use_enum_values=False, ser_json_inf_nan="constants"
+    )
+
+
+def _storable(text: str) -> str:
+    """`text` with credentials redacted and unpaired surrogates escaped (UTF-8 cannot store them)."""
+    text = redact(text)
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class ErrorInfo(_Record):
@@ -90,15 +106,20 @@ class ErrorInfo(_Record):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Capture type (qualified), message and formatted traceback of `exc`."""
+        """Capture type (qualified), message and formatted traceback of `exc`.
+
+        Credentials in the message and the traceback (API keys, bearer tokens, passwords in URLs,
+        `api_key=...`) are replaced by `***` (see `perdure._redact`): the head is readable by
+        whoever can list executions, and providers echo keys in their error messages.
+        """
         exc_type = type(exc)
         name = exc_type.__qualname__
         if exc_type.__module__ not in ("builtins", "__main__"):
             name = f"{exc_type.__module__}.{name}"
         return cls(
             type=name,
-            message=str(exc),
-            traceback="".join(_traceback.format_exception(exc)),
+            message=_storable(str(exc)),
+            traceback=_storable("".join(_traceback.format_exception(exc))),
         )
 
     def __str__(self) -> str:
@@ -141,7 +162,8 @@ class ToolRef(_Record):
 
     name: str
     ref: str | None = None
-    """`module:qualname` of a module-level function, used to find the tool again in a new process."""
+    """`module:qualname` of a module-level function: a lookup key into the tools the resuming program
+    registered (never imported), and a hint in error messages."""
 
 
 class TaskSnapshot(_Record):
@@ -149,7 +171,7 @@ class TaskSnapshot(_Record):
 
     description: str = ""
     response_format: str | None = None
-    """`module:qualname` of the output type, or None for plain text."""
+    """`module:qualname` of the output type (a lookup key among registered types), None for text."""
     tools: list[ToolRef] = Field(default_factory=list)
     model: str | None = None
     """The model as a string (`provider:name`), when it has one."""
@@ -157,6 +179,36 @@ class TaskSnapshot(_Record):
     instructions: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     """Free-form JSON data the caller attached to the task."""
+
+
+class IdentityChange(_Record):
+    """A deliberate difference a resume accepted (`allow_changes`), kept for the audit trail."""
+
+    at: datetime = Field(default_factory=utcnow)
+    attempt: int = 0
+    changes: list[str] = Field(default_factory=list)
+    """What changed, e.g. `tool 'fetch' schema 1a2b3c -> 4d5e6f`, `model a -> b`."""
+
+
+class ExecutionIdentity(_Record):
+    """What an execution ran, recorded at its first run and compared before every resume.
+
+    Hashes are short SHA-256 prefixes of canonical JSON; see `perdure.durable.identity`.
+    """
+
+    agent_name: str | None = None
+    model: str | None = None
+    """The model of the latest attempt (a different model on resume is allowed: failover)."""
+    models: list[str] = Field(default_factory=list)
+    """Every model the execution ran with, in order."""
+    tools: dict[str, str] = Field(default_factory=dict)
+    """Function tool name -> hash of its parameters' JSON schema."""
+    output_ref: str | None = None
+    output_hash: str | None = None
+    instructions_hash: str | None = None
+    """Hash of the instructions and system prompts of the first model request (None until then)."""
+    prompt_hash: str | None = None
+    changes: list[IdentityChange] = Field(default_factory=list)
 
 
 class PendingCall(_Record):
@@ -206,6 +258,8 @@ class ExecutionRecord(_Record):
     lease_expires_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION
     metadata: dict[str, Any] = Field(default_factory=dict)
+    identity: ExecutionIdentity | None = None
+    """What the execution ran (tools, output type, instructions, prompt), checked on every resume."""
 
     def info(self) -> dict[str, Any]:
         """The seed API's execution-info dictionary (JSON-compatible values).
@@ -217,6 +271,8 @@ class ExecutionRecord(_Record):
         data["timestamp"] = data["updated_at"]
         data["error"] = str(self.error) if self.error else None
         data["error_details"] = self.error.model_dump(mode="json") if self.error else None
+        if isinstance(data.get("pending"), dict):  # the pending calls, not the stored message history
+            data["pending"].pop("messages", None)
         return data
 
 

@@ -5,6 +5,6 @@ from __future__ import annotations
 from .agent import Agent
 from .output import AgentRunOutput
 from .task import Task
-from .tools import ToolOptions, tool
+from .tools import ToolOptions, register, tool
 
-__all__ = ["Agent", "AgentRunOutput", "Task", "ToolOptions", "tool"]
+__all__ = ["Agent", "AgentRunOutput", "Task", "ToolOptions", "register", "tool"]

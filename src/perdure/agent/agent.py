@@ -2,9 +2,12 @@
 
 Each `do` builds a pydantic-ai `Agent` with the task's tools and output type and the
 `PerdureDurability` capability, then runs it as the task's durable execution. Resuming
-(`continue_durable`, `continue_run`) rebuilds the same agent from what the execution recorded:
-tools by name or import path, the output type by import path, and the model from this agent or else
-the record. Both resume entry points are the same mechanism (`DurableExecution` + journal): they
+(`continue_durable`, `continue_run`) rebuilds the same agent from what the execution recorded: its
+tools and output type are found among what this program registered (`@tool`, the tools and
+`response_format` given to an `Agent` or `Task`, `perdure.register`) or passed explicitly, never
+imported by the name a record gives; the model is this agent's, else the recorded one. The engine
+then checks the rebuilt agent against the execution's identity before anything runs. Both resume
+entry points are the same mechanism (`DurableExecution` + journal): they
 differ only in how they name the run (execution id + storage, or `run_id` / `task` + the agent's
 `db`) and in what a completed run gives back.
 """
@@ -12,9 +15,9 @@ differ only in how they name the run (execution id + storage, or `run_id` / `tas
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.exceptions import UnexpectedModelBehavior, UsageLimitExceeded
@@ -27,24 +30,23 @@ from .._sync import run_sync
 from ..db import Database
 from ..durable.capability import PerdureDurability
 from ..durable.decisions import ApprovalDecision, ToolResolution
-from ..durable.execution import (
-    DEFAULT_LEASE_TTL,
-    AttemptResult,
-    DurableExecution,
-    enable_debug_logging,
-)
+from ..durable.engine import AgentFactory, AttemptResult, ResumeTarget, enable_debug_logging
+from ..durable.execution import DurableExecution
+from ..durable.leases import DEFAULT_LEASE_TTL
 from ..durable.retry import CircuitBreaker, RetryPolicy
-from ..errors import ExecutionCompletedError, ExecutionLeasedError, LeaseLostError, PerdureError, UserError
+from ..errors import ExecutionCompletedError, PerdureError, UserError
 from ..models import model_to_string, resolve_model
 from ..records import ExecutionRecord, ExecutionStatus, TaskSnapshot
 from ..storage.base import DurableExecutionStorage
 from .output import AgentRunOutput
-from .task import Task
+from .task import OutputT, Task
 from .tools import (
     ToolLike,
-    import_ref,
     object_ref,
+    register_output_type,
+    register_tool,
     requires_approval,
+    resolve_output_type,
     resolve_tools,
     to_pydantic_tool,
     to_tool_ref,
@@ -103,6 +105,8 @@ class Agent:
         worker_id: Lease owner id of the executions this agent opens (default `host:pid:random`).
         lease_ttl: Lease time of the executions this agent opens. A `DurableExecution` the caller
             attached to a task keeps its own `worker_id` and `lease_ttl`.
+        print: Accepted for compatibility with the seed API (Upsonic's `print=`); perdure prints
+            nothing by itself either way (use `debug=True` for log lines).
 
     """
 
@@ -124,6 +128,7 @@ class Agent:
         db: Database | None = None,
         worker_id: str | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        print: bool = False,
     ) -> None:
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
             raise UserError(f"retry is the number of attempts (>= 1), got {retry!r}.")
@@ -138,6 +143,9 @@ class Agent:
         self.name = name
         self.instructions = instructions if instructions is not None else system_prompt
         self.tools: list[ToolLike] = list(tools or [])
+        for item in self.tools:
+            register_tool(item)
+        self.print = print
         self.debug = debug
         self.retry = max(retry, 1)
         self.request_limit = request_limit
@@ -214,11 +222,12 @@ class Agent:
     def _snapshot(self, task: Task, tools: Sequence[ToolLike]) -> TaskSnapshot:
         response_format = None
         if task.response_format is not None:
+            register_output_type(task.response_format)
             response_format = object_ref(task.response_format)
             if response_format is None:
                 raise UserError(
                     f"response_format {task.response_format!r} must be defined at module level so a "
-                    f"resumed execution can find it again by import path."
+                    f"resumed execution can find it again by its recorded name (module:qualname)."
                 )
         return TaskSnapshot(
             description=task.description,
@@ -230,13 +239,33 @@ class Agent:
             context=task.context,
         )
 
-    def _rebuild(self, head: ExecutionRecord, given: Sequence[ToolLike]) -> PydanticAgent[Any, Any]:
+    def _rebuild(
+        self, head: ExecutionRecord, given: Sequence[ToolLike], response_format: Any = None
+    ) -> PydanticAgent[Any, Any]:
         snapshot = head.task
         tools = resolve_tools(head.execution_id, snapshot.tools, [*given, *self.tools])
-        output_type = _output_type(head)
+        output_type = resolve_output_type(head.execution_id, snapshot.response_format, response_format)
         model = self.model if self.model is not None else snapshot.model
         instructions = self.instructions if self.instructions is not None else snapshot.instructions
         return self._build(model=model, tools=tools, output_type=output_type, instructions=instructions)
+
+    def resume_factory(
+        self, *, tools: Sequence[ToolLike] | None = None, response_format: Any = None
+    ) -> AgentFactory:
+        """The engine's agent factory for resuming executions of this agent (recovery and workers).
+
+        Given an execution's head, it rebuilds the pydantic-ai agent the execution ran: the recorded
+        tools (from `tools`, this agent's tools, or those the program registered), the recorded output
+        type (`response_format`, or the registered one) and this agent's model, else the recorded one.
+        """
+        given = list(tools or [])
+        for item in given:
+            register_tool(item)
+
+        def factory(head: ExecutionRecord) -> ResumeTarget:
+            return ResumeTarget(self._rebuild(head, given, response_format), self._run_kwargs())
+
+        return factory
 
     def _handle(
         self,
@@ -277,7 +306,13 @@ class Agent:
 
     # ---- running tasks ----------------------------------------------------------------------------
 
-    async def do_async(self, task: Task, *, return_output: bool = False) -> Any:
+    @overload
+    async def do_async(
+        self, task: Task[OutputT], *, return_output: Literal[False] = False
+    ) -> OutputT | DeferredToolRequests: ...
+    @overload
+    async def do_async(self, task: Task[OutputT], *, return_output: Literal[True]) -> AgentRunOutput: ...
+    async def do_async(self, task: Task[Any], *, return_output: bool = False) -> Any:
         """Run `task` and return its output; a durable task journals every step as it goes.
 
         Doing a durable task whose execution already exists continues it; one that completed
@@ -313,9 +348,16 @@ class Agent:
         out = await self._record(call, task, work())
         return out if return_output else out.output
 
-    def do(self, task: Task, *, return_output: bool = False) -> Any:
+    @overload
+    def do(
+        self, task: Task[OutputT], *, return_output: Literal[False] = False
+    ) -> OutputT | DeferredToolRequests: ...
+    @overload
+    def do(self, task: Task[OutputT], *, return_output: Literal[True]) -> AgentRunOutput: ...
+    def do(self, task: Task[Any], *, return_output: bool = False) -> Any:
         """Sync twin of `do_async`; works inside a running event loop too."""
-        return run_sync(self.do_async(task, return_output=return_output))
+        coro: Any = self.do_async(task, return_output=return_output)  # type: ignore[call-overload]
+        return run_sync(coro)
 
     async def _do_plain(self, task: Task, tools: Sequence[ToolLike]) -> AgentRunOutput:
         if any(requires_approval(item) for item in tools):
@@ -340,23 +382,29 @@ class Agent:
         if self.debug and not durable.debug:
             durable.debug = True
         snapshot = self._snapshot(task, tools)
-        existing = await durable.storage.load_state_async(durable.execution_id)
-        if existing is not None and existing.status is ExecutionStatus.COMPLETED:
-            return AgentRunOutput.from_head(
-                existing, _load_output(existing, task.response_format), attempts=0
-            )
-        if existing is None and self.db is not None:
-            await _create_head(durable, snapshot, self.db.metadata())
         agent = self._build(
             model=self.model, tools=tools, output_type=task.response_format, instructions=self.instructions
         )
-        kwargs = self._run_kwargs()
-        attempt = await self._attempts(
-            durable,
-            agent,
-            call,
-            lambda: durable.run_agent_async(agent, task.description, task=snapshot, **kwargs),
-        )
+        target = ResumeTarget(agent, self._run_kwargs())
+        metadata = self.db.metadata() if self.db is not None else None
+        try:
+            attempt = await self._attempts(
+                durable,
+                call,
+                lambda head: target,
+                lambda: durable.execute_async(
+                    lambda head: target, prompt=task.description, create=snapshot, metadata=metadata
+                ),
+            )
+        except ExecutionCompletedError:
+            # Doing a task whose execution completed returns its stored output (seed semantics); one
+            # whose records were cleaned up cannot, and is never run again under the same id.
+            existing = await durable.storage.load_state_async(durable.execution_id)
+            if existing is None or existing.status is not ExecutionStatus.COMPLETED:
+                raise
+            return AgentRunOutput.from_head(
+                existing, _load_output(existing, task.response_format), attempts=0
+            )
         return AgentRunOutput.from_head(attempt.head, attempt.output, attempts=call.attempts)
 
     # ---- resuming ---------------------------------------------------------------------------------
@@ -367,10 +415,12 @@ class Agent:
         storage: DurableExecutionStorage,
         *,
         tools: Sequence[ToolLike] | None = None,
+        response_format: Any = None,
         debug: bool | None = None,
         auto_cleanup: bool = False,
         approvals: Approvals | None = None,
         resolutions: Resolutions | None = None,
+        allow_changes: Iterable[str] | None = None,
         return_output: bool = False,
         worker_id: str | None = None,
         lease_ttl: float | None = None,
@@ -379,12 +429,17 @@ class Agent:
 
         Journaled model requests and tool calls return their recorded results; the run goes live at
         the first step that was not journaled (a failed step is retried). Tool calls that already
-        ran are never run again, whatever the decisions.
+        ran are never run again, whatever the decisions. Before anything runs, the rebuilt agent is
+        checked against what the execution recorded (tools and their schemas, output type,
+        instructions, prompt): a difference raises `ToolNotFoundError` / `JournalMismatchError`
+        and changes nothing, unless `allow_changes` accepts it.
 
         Args:
             execution_id: The execution to resume.
             storage: The storage it was started with.
-            tools: Tools to use instead of importing them by their recorded paths.
+            tools: Tools to use instead of the ones this program registered under the recorded names.
+            response_format: The output type, when the resuming program did not register the
+                recorded one (its schema must match the recorded schema hash).
             debug: Log recovery details (defaults to this agent's `debug`).
             auto_cleanup: Delete the execution's records once it completes.
             approvals: Required when the execution is paused for approvals: one decision per waiting
@@ -394,6 +449,8 @@ class Agent:
             resolutions: For an execution paused on an interrupted non-idempotent call, by call id:
                 `ToolResolution.done(result)` (it took effect; use this result), `.rerun()` (call it
                 again) or `.abort()` (cancel the execution; raises `ExecutionAborted`).
+            allow_changes: Identity differences to accept on purpose: any of `"tools"`, `"output"`,
+                `"instructions"`, `"prompt"` (logged and recorded in the head).
             return_output: Return an `AgentRunOutput` instead of the bare output.
             worker_id: Lease owner for this resume instead of the agent's (recovery workers).
             lease_ttl: Lease time for this resume instead of the agent's.
@@ -412,14 +469,9 @@ class Agent:
             lease_ttl=lease_ttl,
         )
         call = _Call(run_id=execution_id, storage=storage)
-
-        async def work() -> AgentRunOutput:
-            head = await durable.load_head_async()
-            if head.status is ExecutionStatus.COMPLETED:
-                raise ExecutionCompletedError(execution_id)
-            return await self._resume(durable, head, tools or [], approvals, resolutions, call)
-
-        out = await self._record(call, None, work())
+        factory = self.resume_factory(tools=tools, response_format=response_format)
+        work = self._resume(durable, factory, approvals, resolutions, allow_changes, call)
+        out = await self._record(call, None, work)
         return out if return_output else out.output
 
     def continue_durable(
@@ -428,10 +480,12 @@ class Agent:
         storage: DurableExecutionStorage,
         *,
         tools: Sequence[ToolLike] | None = None,
+        response_format: Any = None,
         debug: bool | None = None,
         auto_cleanup: bool = False,
         approvals: Approvals | None = None,
         resolutions: Resolutions | None = None,
+        allow_changes: Iterable[str] | None = None,
         return_output: bool = False,
         worker_id: str | None = None,
         lease_ttl: float | None = None,
@@ -442,10 +496,12 @@ class Agent:
                 execution_id,
                 storage,
                 tools=tools,
+                response_format=response_format,
                 debug=debug,
                 auto_cleanup=auto_cleanup,
                 approvals=approvals,
                 resolutions=resolutions,
+                allow_changes=allow_changes,
                 return_output=return_output,
                 worker_id=worker_id,
                 lease_ttl=lease_ttl,
@@ -461,6 +517,8 @@ class Agent:
         approvals: Approvals | None = None,
         resolutions: Resolutions | None = None,
         tools: Sequence[ToolLike] | None = None,
+        response_format: Any = None,
+        allow_changes: Iterable[str] | None = None,
         debug: bool | None = None,
     ) -> Any:
         """Resume a run from its journal by `run_id` or by the `task` that ran it (the seed's API).
@@ -477,24 +535,34 @@ class Agent:
             return_output: Return an `AgentRunOutput` instead of the bare output.
             approvals: Decisions for a run paused for approvals (see `continue_durable_async`).
             resolutions: Decisions for an interrupted non-idempotent call (see `continue_durable_async`).
-            tools: Tools to use instead of importing them by their recorded paths.
+            tools: Tools to use instead of the ones this program registered under the recorded names.
+            response_format: The output type, when this program did not register the recorded one.
+            allow_changes: Identity differences to accept on purpose (see `continue_durable_async`).
             debug: Log recovery details (defaults to this agent's `debug`).
 
         """
         call = _Call(run_id=run_id)
+        given_format = (
+            response_format
+            if response_format is not None
+            else (task.response_format if task is not None else None)
+        )
 
         async def work() -> AgentRunOutput:
             durable = self._continue_target(task, run_id)
             call.run_id, call.storage = durable.execution_id, durable.storage
             if debug is not None:
                 durable.debug = debug
-            head = await durable.load_head_async()
-            if head.status is ExecutionStatus.COMPLETED:
-                response_format = task.response_format if task is not None else None
-                output = _load_output(head, response_format or _output_type(head))
-                return AgentRunOutput.from_head(head, output, attempts=0)
             given = [*(tools or []), *(task.tools if task is not None else [])]
-            return await self._resume(durable, head, given, approvals, resolutions, call)
+            factory = self.resume_factory(tools=given, response_format=given_format)
+            try:
+                return await self._resume(durable, factory, approvals, resolutions, allow_changes, call)
+            except ExecutionCompletedError:
+                head = await durable.load_head_async()
+                output = _load_output(
+                    head, resolve_output_type(head.execution_id, head.task.response_format, given_format)
+                )
+                return AgentRunOutput.from_head(head, output, attempts=0)
 
         out = await self._record(call, task, work())
         return out if return_output else out.output
@@ -508,6 +576,8 @@ class Agent:
         approvals: Approvals | None = None,
         resolutions: Resolutions | None = None,
         tools: Sequence[ToolLike] | None = None,
+        response_format: Any = None,
+        allow_changes: Iterable[str] | None = None,
         debug: bool | None = None,
     ) -> Any:
         """Sync twin of `continue_run_async`."""
@@ -519,6 +589,8 @@ class Agent:
                 approvals=approvals,
                 resolutions=resolutions,
                 tools=tools,
+                response_format=response_format,
+                allow_changes=allow_changes,
                 debug=debug,
             )
         )
@@ -555,19 +627,19 @@ class Agent:
     async def _resume(
         self,
         durable: DurableExecution,
-        head: ExecutionRecord,
-        given: Sequence[ToolLike],
+        factory: AgentFactory,
         approvals: Approvals | None,
         resolutions: Resolutions | None,
+        allow_changes: Iterable[str] | None,
         call: _Call,
     ) -> AgentRunOutput:
-        agent = self._rebuild(head, given)
-        kwargs = self._run_kwargs()
         attempt = await self._attempts(
             durable,
-            agent,
             call,
-            lambda: durable.resume_agent_async(agent, approvals=approvals, resolutions=resolutions, **kwargs),
+            factory,
+            lambda: durable.execute_async(
+                factory, approvals=approvals, resolutions=resolutions, allow_changes=allow_changes
+            ),
         )
         return AgentRunOutput.from_head(attempt.head, attempt.output, attempts=call.attempts)
 
@@ -576,8 +648,8 @@ class Agent:
     async def _attempts(
         self,
         durable: DurableExecution,
-        agent: PydanticAgent[Any, Any],
         call: _Call,
+        factory: AgentFactory,
         first: Callable[[], Awaitable[AttemptResult[Any]]],
     ) -> AttemptResult[Any]:
         """Run `first`; on failure resume from the journal until `self.retry` attempts were made.
@@ -591,7 +663,7 @@ class Agent:
             try:
                 if call.attempts == 1:
                     return await first()
-                return await durable.resume_agent_async(agent, **self._run_kwargs())
+                return await durable.execute_async(factory)
             except Exception as exc:
                 if call.attempts >= self.retry or isinstance(exc, _NOT_RESUMABLE):
                     raise
@@ -626,29 +698,6 @@ class Agent:
         if task is not None:
             task.response, task.status, task.pending = out.output, out.status, out.pending
         return out
-
-
-async def _create_head(durable: DurableExecution, snapshot: TaskSnapshot, metadata: dict[str, Any]) -> None:
-    """Create the execution's head with the database's session/user metadata before its first run."""
-    head = ExecutionRecord(execution_id=durable.execution_id, task=snapshot, metadata=metadata)
-    try:
-        await durable.storage.save_state_async(head)
-    except LeaseLostError as exc:  # another worker created and leased it meanwhile
-        raise ExecutionLeasedError(durable.execution_id, exc.holder or "?", None) from exc
-
-
-def _output_type(head: ExecutionRecord) -> Any:
-    """The output type an execution recorded (None for text), imported by its path."""
-    ref = head.task.response_format
-    if not ref:
-        return None
-    try:
-        return import_ref(ref)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(
-            f"Execution {head.execution_id!r} returns {ref!r}, which cannot be imported ({exc}). Make it "
-            f"importable in this process and resume again."
-        ) from exc
 
 
 def _load_output(head: ExecutionRecord, response_format: Any) -> Any:

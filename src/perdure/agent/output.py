@@ -84,6 +84,33 @@ class AgentRunOutput:
         """The run raised; `error` says why. `continue_run(run_id=...)` resumes it."""
         return self.status is ExecutionStatus.FAILED
 
+    # Seed (Upsonic) spellings of the same facts.
+
+    @property
+    def is_complete(self) -> bool:
+        """Seed spelling of `completed`."""
+        return self.completed
+
+    @property
+    def is_paused(self) -> bool:
+        """Seed spelling of `paused`."""
+        return self.paused
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the run ended in an error (`failed`, or `error` set on any status)."""
+        return self.failed or self.error is not None
+
+    @property
+    def error_details(self) -> dict[str, Any] | None:
+        """The error as a dict (`type`, `message`, `traceback`), None without one (seed spelling)."""
+        return self.error.model_dump(mode="json") if self.error is not None else None
+
+    @property
+    def pause_reason(self) -> str | None:
+        """Why a paused run waits: `approval` or `non_idempotent` (None unless paused)."""
+        return self.pending.kind if self.paused and self.pending is not None else None
+
     @property
     def deferred(self) -> DeferredToolRequests | None:
         """The calls waiting for approval, as pydantic-ai reports them (None unless paused for that)."""

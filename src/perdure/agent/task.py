@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, overload
+
+from typing_extensions import TypeVar
 
 from ..durable.execution import DurableExecution
 from ..errors import UserError
 from ..records import ExecutionStatus, PendingDecision
-from .tools import ToolLike
+from .tools import ToolLike, register_output_type, register_tool
 
-__all__ = ["Task"]
+__all__ = ["OutputT", "Task"]
+
+OutputT = TypeVar("OutputT", default=str)
+"""The task's output type: its `response_format`, `str` without one."""
 
 
-class Task:
+class Task(Generic[OutputT]):
     """A unit of work for `Agent.do`, as in the seed API.
 
     A task carries the id of its durable execution, which is why the seed's
@@ -32,6 +37,28 @@ class Task:
 
     """
 
+    @overload
+    def __init__(
+        self: Task[str],
+        description: str,
+        *,
+        tools: Sequence[ToolLike] | None = None,
+        response_format: None = None,
+        durable_execution: DurableExecution | None = None,
+        durable_execution_id: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[OutputT],
+        description: str,
+        *,
+        tools: Sequence[ToolLike] | None = None,
+        response_format: type[OutputT],
+        durable_execution: DurableExecution | None = None,
+        durable_execution_id: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None: ...
     def __init__(
         self,
         description: str,
@@ -53,6 +80,10 @@ class Task:
             )
         self.description = description
         self.tools: list[ToolLike] = list(tools or [])
+        for item in self.tools:  # a resume in this process finds them by their recorded names
+            register_tool(item)
+        if response_format is not None:
+            register_output_type(response_format)
         self.response_format = response_format
         self.durable_execution = durable_execution
         self._execution_id = durable_execution_id

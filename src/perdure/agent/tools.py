@@ -1,12 +1,14 @@
-"""`@tool` and import references that let another process find a task's tools again.
+"""`@tool`, and how a resume finds a task's tools again without trusting the record.
 
-perdure never pickles functions. A tool is recorded by name and by `module:qualname`; resuming in a
-new process imports it from there, or takes it from the `tools=[...]` the caller passes.
+perdure never pickles functions and never imports what a record names. A tool is recorded by name
+and by `module:qualname`; a resume finds it among the tools the running program registered
+(`@tool` registers a function when its module is imported; an `Agent` or `Task` registers the
+tools it is given) or among the `tools=[...]` the caller passes. See `perdure.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -15,15 +17,19 @@ from pydantic_ai import Tool
 
 from ..durable.capability import TOOL_CONFIG_KEY
 from ..durable.retry import RetryPolicy
-from ..errors import ToolNotFoundError, UserError
+from ..errors import ToolNotFoundError, UnregisteredReferenceError, UserError
 from ..records import ToolRef
+from ..registry import object_ref, registry
 
 __all__ = [
-    "ToolOptions",
     "ToolLike",
-    "import_ref",
+    "ToolOptions",
     "object_ref",
+    "register",
+    "register_output_type",
+    "register_tool",
     "requires_approval",
+    "resolve_output_type",
     "resolve_tools",
     "to_pydantic_tool",
     "to_tool_ref",
@@ -32,7 +38,10 @@ __all__ = [
     "tool_options",
 ]
 
+logger = logging.getLogger("perdure")
+
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 ToolLike = Callable[..., Any] | Tool[Any]
 
 _OPTIONS_ATTR = "__perdure_tool__"
@@ -126,6 +135,7 @@ def tool(
 
     def mark(fn: F) -> F:
         setattr(fn, _OPTIONS_ATTR, options)
+        register_tool(fn)
         return fn
 
     return mark(func) if func is not None else mark
@@ -144,28 +154,67 @@ def tool_name(item: ToolLike) -> str:
     return tool_options(item).name or item.__name__
 
 
-def object_ref(obj: Any) -> str | None:
-    """`module:qualname` of a module-level object, or None when it cannot be imported by path."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
-        return None
-    return f"{module}:{qualname}"
+def register_tool(item: ToolLike) -> None:
+    """Register a tool so that a resume in this process finds it by its recorded name and reference."""
+    func = item.function if isinstance(item, Tool) else item
+    registry.add_tool(item, tool_name(item), object_ref(func))
 
 
-def import_ref(ref: str) -> Any:
-    """Import the object named by `module:qualname`; raises ImportError or AttributeError."""
-    module_name, _, qualname = ref.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+def register_output_type(output_type: Any) -> None:
+    """Register an output type (each member of a list of them) for resumes in this process."""
+    members = output_type if isinstance(output_type, list | tuple) else [output_type]
+    for member in members:
+        if isinstance(member, type):
+            registry.add_type(member)
+
+
+def register(obj: T) -> T:
+    """Register an output type or a tool function, so a resume in this process can find it.
+
+    A decorator for pydantic models and dataclasses used as `response_format` when the resuming
+    process does not otherwise construct the `Task` that names them:
+
+        @perdure.register
+        class Report(BaseModel): ...
+
+    Tools decorated with `@tool`, and the tools and `response_format` given to an `Agent` or a
+    `Task`, are registered already. Returns `obj` unchanged.
+    """
+    if isinstance(obj, type):
+        registry.add_type(obj)
+    elif callable(obj) or isinstance(obj, Tool):
+        register_tool(obj)
+    else:
+        raise UserError(f"perdure.register() takes a type or a tool function, got {obj!r}.")
     return obj
 
 
 def to_tool_ref(item: ToolLike) -> ToolRef:
-    """How a tool is recorded with its task."""
+    """How a tool is recorded with its task (and registered for resumes in this process)."""
     func = item.function if isinstance(item, Tool) else item
-    return ToolRef(name=tool_name(item), ref=object_ref(func))
+    ref = object_ref(func)
+    register_tool(item)
+    if ref is not None and ref.startswith("__main__:"):
+        _warn_main(tool_name(item), ref)
+    return ToolRef(name=tool_name(item), ref=ref)
+
+
+_WARNED_MAIN: set[str] = set()
+
+
+def _warn_main(name: str, ref: str) -> None:
+    """Once per tool: a tool of the `__main__` script cannot be found by another process by itself."""
+    if ref in _WARNED_MAIN:
+        return
+    _WARNED_MAIN.add(ref)
+    logger.warning(
+        "tool %r is defined in the script being run (%s): another process can only resume this execution "
+        "if it defines or imports the same tool and passes it with tools=[%s], or if the tool moves to an "
+        "importable module (e.g. app.py) that the resuming script imports.",
+        name,
+        ref,
+        name,
+    )
 
 
 def requires_approval(item: ToolLike) -> bool:
@@ -198,10 +247,11 @@ def to_pydantic_tool(item: ToolLike) -> Tool[Any]:
 def resolve_tools(
     execution_id: str, recorded: Sequence[ToolRef], given: Sequence[ToolLike]
 ) -> list[ToolLike]:
-    """Find every recorded tool again: in `given` by name, else by import reference.
+    """Find every recorded tool again: in `given` by name, else among the tools this process registered.
 
     A recorded tool that cannot be found is an error: silently dropping it would let the model call
-    a tool that no longer exists and take the run somewhere the original never went.
+    a tool that no longer exists and take the run somewhere the original never went. The recorded
+    reference is only a lookup key: nothing is imported (a tampered record cannot run code).
     """
     by_name = {tool_name(item): item for item in given}
     resolved: list[ToolLike] = []
@@ -209,16 +259,39 @@ def resolve_tools(
         if ref.name in by_name:
             resolved.append(by_name.pop(ref.name))
             continue
-        if ref.ref is None:
+        found = registry.tool(ref.name, ref.ref)
+        if found is None:
+            where = f" (recorded as {ref.ref!r})" if ref.ref else ""
             raise ToolNotFoundError(
-                execution_id, ref.name, "it was not defined at module level, so it has no import path"
+                execution_id,
+                ref.name,
+                f"this program registered no tool of that name{where}; nothing was imported. Import the "
+                f"module that defines it (importing a module registers its @tool functions)",
             )
-        try:
-            found = import_ref(ref.ref)
-        except (ImportError, AttributeError) as exc:
-            raise ToolNotFoundError(execution_id, ref.name, f"importing {ref.ref!r} failed ({exc})") from exc
-        if not callable(found) or tool_name(found) != ref.name:
-            raise ToolNotFoundError(execution_id, ref.name, f"{ref.ref!r} is not that tool any more")
         resolved.append(found)
     resolved.extend(by_name.values())  # extra tools the caller added on purpose
     return resolved
+
+
+def resolve_output_type(execution_id: str, ref: str | None, given: Any = None) -> Any:
+    """The output type an execution recorded: `given` when passed, else the registered one (None: text).
+
+    Raises:
+        UnregisteredReferenceError: The record names a type this program did not register; nothing
+            was imported.
+
+    """
+    if given is not None:
+        return given
+    if not ref:
+        return None
+    found = registry.output_type(ref)
+    if found is None:
+        raise UnregisteredReferenceError(
+            execution_id,
+            "output type",
+            ref,
+            hint="Pass it with response_format=..., decorate the class with @perdure.register, or "
+            "import the module whose Agent/Task uses it.",
+        )
+    return found

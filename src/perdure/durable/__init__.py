@@ -14,7 +14,8 @@ from ..storage import (
 )
 from .capability import TOOL_CONFIG_KEY, PerdureDurability
 from .decisions import ToolResolution
-from .execution import AttemptResult, DurableExecution
+from .engine import AgentFactory, AttemptResult, ResumeTarget
+from .execution import DurableExecution
 from .journal import ExecutionAborted, StepContext, current_run, current_step, idempotency_key
 from .retry import (
     CircuitBreaker,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOOL_CONFIG_KEY",
+    "AgentFactory",
     "AttemptResult",
     "CircuitBreaker",
     "DurableExecution",
@@ -42,6 +44,7 @@ __all__ = [
     "PerdureDurability",
     "PostgresDurableStorage",
     "RedisDurableStorage",
+    "ResumeTarget",
     "RetryPolicy",
     "SQLiteDurableStorage",
     "StepContext",

@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic_ai import RunContext
 from pydantic_ai.durable_exec import (
-    JSON_CODEC,
     BaseDurabilityCapability,
     DurabilityEngineSpec,
     DurableOperationBackend,
@@ -26,10 +25,13 @@ from pydantic_ai.durable_exec import (
     ToolsetValidateToolArgumentsId,
     conversation_id_from_run_id,
 )
+from pydantic_ai.models import ModelRequestContext
 from pydantic_ai.tools import AgentDepsT
 
+from ..codec import JOURNAL_CODEC
 from ..errors import UserError
 from ..records import StepKind
+from .identity import instructions_hash
 from .journal import UnitIdentity, current_run, serialization_failure
 from .retry import CircuitBreaker, RetryPolicy
 
@@ -83,6 +85,12 @@ def _tool_config(defaults: StepConfig) -> Callable[[DurableOperationId, object |
     return resolve
 
 
+def _model_key(model: Any) -> str:
+    system = getattr(model, "system", None)
+    name = getattr(model, "model_name", None) or type(model).__name__
+    return f"{system}:{name}" if system else str(name)
+
+
 class _JournalBackend(JournalCallableOperationBackend[StepConfig]):
     """Runs each durable unit through the current execution's journal."""
 
@@ -113,7 +121,7 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         engine_name="perdure",
         durable_unit_noun="step",
         durable_container_noun="execution",
-        codec=JSON_CODEC,
+        codec=JOURNAL_CODEC,  # JSON_CODEC that refuses NaN/inf and non-UTF-8 bytes (perdure.codec)
         serialization_failure=serialization_failure,
         wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
         toolset_lifecycles={
@@ -143,9 +151,14 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             tool_retry: Default retry policy of tool calls; a tool's own policy wins.
             circuit_breaker: Breaker guarding the agent's model requests.
             name: Name of the agent's durable units (defaults to the agent's name).
-            **kwargs: Passed to pydantic-ai's `BaseDurabilityCapability` (`models=`, ...).
+            **kwargs: Passed to pydantic-ai's `BaseDurabilityCapability`, e.g. `models=`: the model
+                instances a run may pass with `run_agent(..., model=...)`, as a mapping
+                `{key: model}` or a list (keyed by `provider:model name`).
 
         """
+        models = kwargs.get("models")
+        if isinstance(models, list | tuple):  # a list of instances: key each by its model name
+            kwargs["models"] = {_model_key(m): m for m in models}
         super().__init__(name=name, **kwargs)
         self.retry = retry
         self.tool_retry = tool_retry
@@ -166,6 +179,23 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             return {} if "max_retries" in (ctx.model_settings or {}) else {"max_retries": 0}
 
         return settings
+
+    async def before_model_request(
+        self, ctx: RunContext[AgentDepsT], request_context: ModelRequestContext
+    ) -> ModelRequestContext:
+        """Check the instructions against the execution's identity before the first request of an attempt.
+
+        This is where instructions are final (they may be dynamic), and it runs before the request is
+        replayed from the journal or sent, so a mismatch stops the attempt before anything ran.
+        """
+        request_context = await super().before_model_request(ctx, request_context)
+        run = current_run()
+        if run is not None:
+            digest = instructions_hash(
+                request_context.messages, request_context.model_request_parameters.instruction_parts
+            )
+            await run.before_model_request(digest)
+        return request_context
 
     @property
     def in_durable_context(self) -> bool:

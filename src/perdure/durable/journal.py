@@ -4,8 +4,11 @@ A `JournalRun` is installed (through a context variable) for the duration of one
 execution. Every durable unit pydantic-ai hands to perdure's operation backend comes here with a
 replay key. Keys never depend on timing:
 
-- a tool call is keyed by its `tool_call_id`, which comes from the (journaled) model response that
-  asked for it, so it is the same on every replay;
+- a tool call is keyed `tool:<m>/<tool_call_id>`: `m` is the ordinal of the (journaled) model
+  response that asked for it and `tool_call_id` comes from that response, so the key is the same on
+  every replay, and unique even when a model reuses a `tool_call_id` in a later response (a repeat
+  inside one response gets `#2`, `#3`, ...). Journals written before this format (`tool:<id>`)
+  are still replayed;
 - every other unit (model requests, validation, event handlers, discovery) is keyed by its
   operation name and its ordinal among units of that name, which is deterministic because tool
   calls run sequentially inside an execution.
@@ -24,6 +27,7 @@ whose ordinals start again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import Counter, defaultdict
@@ -44,6 +48,7 @@ from ..errors import (
 )
 from ..records import (
     ErrorInfo,
+    ExecutionIdentity,
     ExecutionRecord,
     ExecutionStatus,
     PendingCall,
@@ -54,7 +59,9 @@ from ..records import (
 )
 from ..storage.base import DurableExecutionStorage
 from .decisions import ToolResolution
+from .identity import check_instructions
 from .retry import CircuitBreaker, RetryPolicy, call_with_retry
+from .threads import AttemptThreads
 
 __all__ = [
     "ExecutionAborted",
@@ -123,14 +130,15 @@ def current_step() -> StepContext:
 def idempotency_key(ctx: RunContext[Any]) -> str:
     """The idempotency key of the tool call `ctx` belongs to (same value as `current_step()`'s).
 
-    Works from a tool's `RunContext` alone: the execution id is the run id and the tool call id
-    comes from the journaled model response, so both are stable across resumes.
+    The key is `<execution id>:tool:<m>/<tool_call_id>` (`m`: the ordinal of the model response
+    that asked for the call), stable across retries and resumes and unique per call.
     """
-    if not ctx.run_id or not ctx.tool_call_id:
+    step = _STEP.get()
+    if not ctx.run_id or not ctx.tool_call_id or step is None or step.tool_call_id != ctx.tool_call_id:
         raise UserError(
             "idempotency_key(ctx) needs the RunContext of a tool call inside a durable execution."
         )
-    return f"{ctx.run_id}:tool:{ctx.tool_call_id}"
+    return step.idempotency_key
 
 
 class ExecutionAborted(PerdureError):
@@ -187,12 +195,22 @@ class JournalRun:
         debug: bool = False,
         round: int = 0,
         resolutions: Mapping[str, ToolResolution] | None = None,
+        allow_changes: frozenset[str] = frozenset(),
     ) -> None:
         self.storage = storage
         self.head = head
         self.debug = debug
         self.round = round
         self.resolutions = dict(resolutions or {})
+        self.allow_changes = allow_changes
+        self.threads = AttemptThreads()
+        """Executor of this attempt's sync functions; see `perdure.durable.threads`."""
+        self._persisted = False
+        """Whether this attempt wrote its head yet (the attempt start is stored with the first write)."""
+        self._instructions_checked = False
+        self._deferred_cancel = False
+        self._call_keys: Counter[str] = Counter()
+        self._legacy_used: set[str] = set()
         self._journal = {step.key: step for step in journal}
         self._replay_remaining = sum(1 for step in journal if step.kind in _RESULT_KINDS)
         self._failed_attempts: Counter[str] = Counter(
@@ -224,12 +242,77 @@ class JournalRun:
         _CURRENT.reset(token)
 
     def _key(self, unit: UnitIdentity) -> str:
+        round_prefix = f"r{self.round}/" if self.round else ""
         if unit.tool_call_id:
-            prefix = "tool" if unit.kind is StepKind.TOOL_CALL else unit.key_base
-            return f"{prefix}:{unit.tool_call_id}"
+            kind = "tool" if unit.kind is StepKind.TOOL_CALL else unit.key_base
+            key = f"{round_prefix}{kind}:{self._ordinals['model']}/{unit.tool_call_id}"
+            self._call_keys[key] += 1
+            if self._call_keys[key] > 1:  # the same id twice in one response
+                key = f"{key}#{self._call_keys[key]}"
+            legacy = f"{kind}:{unit.tool_call_id}"
+            if key not in self._journal and legacy in self._journal and legacy not in self._legacy_used:
+                self._legacy_used.add(legacy)  # a journal written before per-response keys
+                return legacy
+            return key
         self._ordinals[unit.key_base] += 1
-        base = f"r{self.round}/{unit.key_base}" if self.round else unit.key_base
-        return f"{base}#{self._ordinals[unit.key_base]}"
+        return f"{round_prefix}{unit.key_base}#{self._ordinals[unit.key_base]}"
+
+    # ---- attempt start and identity ---------------------------------------------------------------
+
+    async def before_model_request(self, instructions_digest: str) -> None:
+        """At the first model request of the attempt: check the instructions, store the attempt start.
+
+        Runs before the request is replayed or sent. A changed instructions hash raises
+        `JournalMismatchError` (unless allowed) before anything of this attempt was written.
+        """
+        if self._instructions_checked:
+            return
+        self._instructions_checked = True
+        identity = self.head.identity or ExecutionIdentity()
+        updated = check_instructions(
+            self.execution_id, identity, instructions_digest, self.allow_changes, attempt=self.head.attempts
+        )
+        if updated is not None:
+            self.head = self.head.model_copy(update={"identity": updated})
+        if not self._persisted or updated is not None:
+            await self.save_head()
+
+    async def save_head(self) -> None:
+        """Store the head as it is now (the attempt start, identity updates)."""
+        await self.storage.save_state_async(self.head)
+        self._persisted = True
+
+    async def _run_body(self, body: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a unit's body; a cancellation that arrives while its thread runs waits for the thread.
+
+        Async bodies are cancelled at once. A body running in a thread (a sync tool) cannot be
+        interrupted: the unit waits for it, its result is journaled, and the cancellation is raised
+        after that (`_deferred_cancel`), so the lease is never released while the unit still acts.
+        """
+        if self._deferred_cancel:  # a cancellation is pending: start nothing new
+            raise asyncio.CancelledError
+        inner = asyncio.ensure_future(body())
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            if not self.threads.busy:
+                inner.cancel()
+                await asyncio.gather(inner, return_exceptions=True)
+                raise
+            logger.warning(
+                "[%s] cancelled while a unit runs in a thread (threads cannot be interrupted): keeping "
+                "the lease until it returns and journaling its result first",
+                self.execution_id,
+            )
+            while not inner.done():
+                try:
+                    await asyncio.shield(inner)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:
+                    break
+            self._deferred_cancel = True
+            return inner.result()
 
     async def run_unit(
         self,
@@ -281,17 +364,20 @@ class JournalRun:
             )
 
         step_token = _STEP.set(step_context())
+        run_body = self._run_body
 
         async def attempt_body() -> Any:
             _STEP.set(step_context())
-            return await body()
+            return await run_body(body)
 
         async def record_failure(attempt: int, exc: BaseException, delay: float) -> None:
             await self._journal_attempt(unit, key, attempt, exc, delay)
+            if self._deferred_cancel:  # cancelled while this try ran in its thread: no further try
+                raise asyncio.CancelledError
 
         try:
             if policy is None and breaker is None:
-                result = await body()
+                result = await run_body(body)
             else:
                 result = await call_with_retry(
                     attempt_body,
@@ -321,6 +407,8 @@ class JournalRun:
         await self._journal_step(step)
         if self.on_unit is not None:
             self.on_unit(step, False)
+        if self._deferred_cancel:  # the unit finished in its thread after a cancellation: honour it now
+            raise asyncio.CancelledError
         return result
 
     async def _guard_non_idempotent(self, unit: UnitIdentity, key: str) -> StepRecord | None:
@@ -448,6 +536,7 @@ class JournalRun:
         new_head = self.head.model_copy(update=update)
         await self.storage.append_step_async(new_head, step)
         self.head = new_head
+        self._persisted = True
         self._journal[key] = step
         if kind is StepKind.DECISION:
             self._decisions += 1
@@ -485,6 +574,7 @@ class JournalRun:
         )
         await self.storage.append_step_async(new_head, step)
         self.head = new_head
+        self._persisted = True
         if self.debug:
             logger.info(
                 "[%s] checkpoint: step %d %s journaled (status=success)",
@@ -527,7 +617,7 @@ class JournalRun:
                 "updated_at": utcnow(),
             }
         )
-        await self.storage.save_state_async(self.head)
+        await self.save_head()
         if self.debug:
             logger.info(
                 "[%s] checkpoint: step %d %s failed: %s", self.execution_id, seq, name, self.head.error
@@ -543,7 +633,7 @@ class JournalRun:
                 "updated_at": utcnow(),
             }
         )
-        await self.storage.save_state_async(self.head)
+        await self.save_head()
         if self.debug:
             logger.info(
                 "[%s] paused: waiting for %s of %s",
@@ -562,7 +652,7 @@ class JournalRun:
                 "updated_at": utcnow(),
             }
         )
-        await self.storage.save_state_async(self.head)
+        await self.save_head()
 
     async def mark_completed(self, output: Any) -> None:
         """Store the head as `completed` with the run's output."""
@@ -575,7 +665,7 @@ class JournalRun:
                 "updated_at": utcnow(),
             }
         )
-        await self.storage.save_state_async(self.head)
+        await self.save_head()
         if self.debug:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
 

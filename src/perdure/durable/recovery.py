@@ -24,7 +24,9 @@ Choices worth knowing (see `recover_interrupted_async` for the parameters):
   is retried only once it has been idle for `delay * 2**(k-1)` seconds.
 - `timeout` cancels a resume that runs too long. The cancelled attempt leaves its journal intact,
   the head `success` and the lease released, so a later pass retries it (subject to `delay` and
-  `max_attempts`); the pass reports it as failed.
+  `max_attempts`); the pass reports it as failed. A unit running in a thread cannot be interrupted:
+  the timeout is then exceeded by as long as that unit still needs, and its result is journaled
+  before the lease is released.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from ..errors import (
 )
 from ..records import ErrorInfo, ExecutionRecord, ExecutionStatus, utcnow
 from ..storage.base import DurableExecutionStorage
-from .execution import DEFAULT_LEASE_TTL, DurableExecution, default_worker_id, owner_is_dead
+from .engine import AgentFactory, ExecutionHandle, ResumeTarget
+from .identity import normalize_allow_changes
+from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
 
 __all__ = [
     "AgentResolver",
@@ -57,6 +61,7 @@ __all__ = [
     "RecoveryOptions",
     "RecoveryReport",
     "find_recoverable_async",
+    "recorded_agent_name",
     "recover_execution_async",
     "recover_interrupted_async",
 ]
@@ -64,8 +69,11 @@ __all__ = [
 logger = logging.getLogger("perdure")
 
 AgentResolver = Any
-"""A perdure `Agent`, a pydantic-ai `Agent` with `PerdureDurability`, a mapping `{agent_name: agent}`
-or a callable `(head: ExecutionRecord) -> agent | None` (sync or async)."""
+"""A perdure `Agent`, a pydantic-ai `Agent` with `PerdureDurability`, a list of them, a mapping
+`{agent_name: agent}` or a callable `(head: ExecutionRecord) -> agent | None` (sync or async).
+
+Agents (alone, in a list or in a mapping) serve the executions recorded under their name: a worker
+never resumes another agent's execution. A callable decides by itself."""
 
 _NEVER_RECOVERED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.CANCELLED, ExecutionStatus.PAUSED})
 
@@ -94,7 +102,9 @@ class RecoveryReport:
     failed: dict[str, str] = field(default_factory=dict)
     """Resumed and failed (error text), timed out, or given up after `max_attempts`."""
     skipped: dict[str, str] = field(default_factory=dict)
-    """Not resumed, with the reason: leased elsewhere, not idle long enough, no agent, ..."""
+    """Not resumed, with the reason: leased elsewhere, not idle long enough, ..."""
+    not_served: dict[str, str] = field(default_factory=dict)
+    """Left alone because no agent of this worker serves them: execution id -> recorded agent name."""
 
     def merge(self, other: RecoveryReport) -> None:
         """Add another report's outcomes; a later outcome of an execution replaces an earlier skip."""
@@ -105,11 +115,12 @@ class RecoveryReport:
         self.failed.update(other.failed)
         done = {*self.recovered, *self.paused, *self.failed}
         self.skipped.update({k: v for k, v in other.skipped.items() if k not in done})
+        self.not_served.update({k: v for k, v in other.not_served.items() if k not in done})
 
     def __str__(self) -> str:
         return (
             f"recovered {len(self.recovered)}, paused {len(self.paused)}, failed {len(self.failed)}, "
-            f"skipped {len(self.skipped)}"
+            f"skipped {len(self.skipped)}, not served {len(self.not_served)}"
         )
 
 
@@ -125,6 +136,8 @@ class RecoveryOptions:
     min_idle: float | None = None
     statuses: tuple[ExecutionStatus, ...] = (ExecutionStatus.SUCCESS,)
     """Converted from strings and validated on creation."""
+    allow_changes: frozenset[str] = frozenset()
+    """Identity differences a resume accepts on purpose (see `perdure.durable.identity`)."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -202,63 +215,91 @@ async def find_recoverable_async(
     return candidates, skipped
 
 
+def recorded_agent_name(head: ExecutionRecord) -> str | None:
+    """The name of the agent an execution was recorded under (what workers route by)."""
+    if head.task.agent_name is not None:
+        return head.task.agent_name
+    return head.identity.agent_name if head.identity is not None else None
+
+
+def _agent_name(agent: Any) -> str | None:
+    name = getattr(agent, "name", None)
+    if name is None and _is_facade(agent):
+        return "perdure"  # an unnamed perdure Agent runs its tasks as the pydantic-ai agent "perdure"
+    return name
+
+
+class _NotServed(Exception):
+    """The resolver has no agent for this execution's recorded agent name."""
+
+
 async def _resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
-    """The agent to resume `head` with, or None when this resolver has none for it."""
+    """The agent to resume `head` with; raises `_NotServed` when this resolver does not serve it."""
+    name = recorded_agent_name(head)
     if isinstance(resolver, PydanticAgent) or _is_facade(resolver):
-        return resolver
+        resolver = [resolver]
+    if isinstance(resolver, list | tuple):
+        for agent in resolver:
+            if _agent_name(agent) == name:
+                return agent
+        raise _NotServed(name)
     if isinstance(resolver, Mapping):
-        return resolver.get(head.task.agent_name)
+        agent = resolver.get(name) if name is not None else None
+        if agent is None:
+            raise _NotServed(name)
+        return agent
     if callable(resolver):
         agent = resolver(head)
         if inspect.isawaitable(agent):
             agent = await agent
+        if agent is None:
+            raise _NotServed(name)
         return agent
     raise UserError(
         f"Cannot recover with {resolver!r}: pass a perdure Agent, a pydantic-ai Agent with "
-        f"PerdureDurability, a mapping {{agent_name: agent}} or a callable (head) -> agent."
+        f"PerdureDurability, a list of them, a mapping {{agent_name: agent}} or a callable (head) -> agent."
     )
 
 
 def _is_facade(obj: Any) -> bool:
     """A perdure `Agent` (duck-typed: perdure.agent sits above perdure.durable and is not imported)."""
-    return not isinstance(obj, PydanticAgent) and callable(getattr(obj, "continue_durable_async", None))
+    return not isinstance(obj, PydanticAgent) and callable(getattr(obj, "resume_factory", None))
+
+
+def _factory(agent: Any, execution_id: str) -> AgentFactory:
+    if isinstance(agent, PydanticAgent):
+        target = ResumeTarget(agent)
+        return lambda head: target
+    if _is_facade(agent):
+        factory: AgentFactory = agent.resume_factory()
+        return factory
+    raise UserError(
+        f"The agent resolver returned {agent!r} for execution {execution_id!r}: expected a perdure "
+        f"Agent or a pydantic-ai Agent with PerdureDurability."
+    )
 
 
 async def _resume(
-    storage: DurableExecutionStorage, agent: Any, head: ExecutionRecord, owner: str, lease_ttl: float
+    storage: DurableExecutionStorage,
+    agent: Any,
+    head: ExecutionRecord,
+    owner: str,
+    options: RecoveryOptions,
 ) -> bool:
-    """Resume `head` with `agent` as lease owner `owner`; return whether it ended paused."""
+    """Resume `head` (leased by `owner`) with `agent`; return whether it ended paused."""
     execution_id = head.execution_id
-    if isinstance(agent, PydanticAgent):
-        durable = DurableExecution(
-            storage, execution_id=execution_id, worker_id=owner, lease_ttl=lease_ttl, auto_cleanup=False
-        )
-        return (await durable.resume_agent_async(agent)).paused
-    if not _is_facade(agent):
-        raise UserError(
-            f"The agent resolver returned {agent!r} for execution {execution_id!r}: expected a perdure "
-            f"Agent or a pydantic-ai Agent with PerdureDurability."
-        )
-    rebuild = getattr(agent, "_rebuild", None)
-    run_kwargs = getattr(agent, "_run_kwargs", None)
-    if callable(rebuild) and callable(run_kwargs):
-        # The facade's own builder, so the resume runs under this worker's lease owner and ttl
-        # (`continue_durable_async` does not take them yet).
-        pydantic_agent = rebuild(head, [])
-        durable = DurableExecution(
-            storage,
-            execution_id=execution_id,
-            worker_id=owner,
-            lease_ttl=lease_ttl,
-            auto_cleanup=False,
-            debug=bool(getattr(agent, "debug", False)),
-        )
-        return (await durable.resume_agent_async(pydantic_agent, **run_kwargs())).paused
-    supported = inspect.signature(agent.continue_durable_async).parameters
-    extra = {k: v for k, v in {"worker_id": owner, "lease_ttl": lease_ttl}.items() if k in supported}
-    await agent.continue_durable_async(execution_id, storage, **extra)
-    final = await storage.load_state_async(execution_id)
-    return final is not None and final.status is ExecutionStatus.PAUSED
+    handle = ExecutionHandle(
+        storage,
+        execution_id=execution_id,
+        worker_id=owner,
+        lease_ttl=options.lease_ttl,
+        auto_cleanup=False,
+        debug=bool(getattr(agent, "debug", False)),
+    )
+    attempt = await handle.execute_async(
+        _factory(agent, execution_id), allow_changes=options.allow_changes, leased_head=head
+    )
+    return attempt.paused
 
 
 async def recover_execution_async(
@@ -337,12 +378,14 @@ async def _recover_leased(
         return report
     try:
         agent = await _resolve_agent(agent_resolver, head)
+    except _NotServed:
+        name = recorded_agent_name(head)
+        logger.info("[%s] left alone: this worker serves no agent named %r", execution_id, name)
+        report.not_served[execution_id] = str(name)
+        return report
     except Exception as exc:
         logger.error("[%s] agent resolver failed: %s", execution_id, exc)
         report.failed[execution_id] = f"agent resolver failed: {type(exc).__name__}: {exc}"
-        return report
-    if agent is None:
-        report.skipped[execution_id] = f"no agent for agent_name {head.task.agent_name!r}"
         return report
     logger.info(
         "[%s] recovering (attempt %d, step %d %s)",
@@ -351,7 +394,7 @@ async def _recover_leased(
         head.step_index,
         head.step_name or "-",
     )
-    resume = _resume(storage, agent, head, owner, options.lease_ttl)
+    resume = _resume(storage, agent, head, owner, options)
     try:
         paused = await (resume if options.timeout is None else asyncio.wait_for(resume, options.timeout))
     except TimeoutError:
@@ -391,6 +434,8 @@ async def recover_interrupted_async(
     limit: int | None = None,
     concurrency: int = 1,
     statuses: Iterable[ExecutionStatus | str] = (ExecutionStatus.SUCCESS,),
+    allow_changes: Iterable[str] = (),
+    options: RecoveryOptions | None = None,
 ) -> RecoveryReport:
     """Resume every interrupted execution of `storage` once; safe to run from many workers at once.
 
@@ -415,6 +460,10 @@ async def recover_interrupted_async(
         concurrency: How many executions to resume at the same time.
         statuses: Which statuses count as interrupted: `success` (default), and `failed` to retry
             failed executions too.
+        allow_changes: Identity differences the resumes accept on purpose (`"tools"`, `"output"`,
+            `"instructions"`, `"prompt"`); see `perdure.durable.identity`.
+        options: All the settings above at once, as a `RecoveryOptions` (what `Worker` and the CLI
+            use); when given, the individual arguments are ignored.
 
     Returns:
         A `RecoveryReport` of this pass.
@@ -422,7 +471,7 @@ async def recover_interrupted_async(
     """
     if concurrency < 1:
         raise UserError(f"concurrency must be >= 1, got {concurrency!r}.")
-    options = RecoveryOptions(
+    options = options or RecoveryOptions(
         max_attempts=max_attempts,
         delay=delay,
         timeout=timeout,
@@ -430,6 +479,7 @@ async def recover_interrupted_async(
         worker_id=worker_id,
         min_idle=min_idle,
         statuses=tuple(statuses),  # type: ignore[arg-type]  # validated and converted by RecoveryOptions
+        allow_changes=normalize_allow_changes(allow_changes),
     )
     candidates, skipped = await find_recoverable_async(storage, options)
     if limit is not None:

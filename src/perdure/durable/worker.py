@@ -8,9 +8,12 @@ long execution does not hold the others back. Every execution runs under its own
 
 Shutdown (`stop()`, SIGTERM or SIGINT): the worker stops taking executions and gives the running
 ones `grace_period` seconds to finish. Whatever still runs then is cancelled: a cancelled attempt
-writes nothing more, leaves its journal intact and its head `success`, and releases its lease on the
-way out, so another worker takes it over at once instead of waiting for the lease to expire. A
-second signal cancels at once.
+starts nothing more, leaves its journal intact and its head `success`, and releases its lease on the
+way out, so another worker takes it over at once instead of waiting for the lease to expire. A unit
+running in a thread (a sync tool) cannot be interrupted: the attempt keeps its lease, waits for the
+thread, journals the unit's result and only then gives up, so no other worker can run that unit
+again meanwhile (see `perdure.durable.threads`). A second signal cancels the rest at once; it
+cannot shorten a thread.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .._sync import run_sync
 from ..errors import UserError
 from ..records import ExecutionRecord, ExecutionStatus
 from ..storage.base import DurableExecutionStorage
-from .execution import DEFAULT_LEASE_TTL, default_worker_id
+from .identity import normalize_allow_changes
+from .leases import DEFAULT_LEASE_TTL, default_worker_id
 from .recovery import (
     AgentResolver,
     RecoveryOptions,
@@ -58,6 +62,10 @@ class Worker:
         min_idle: See `recover_interrupted_async`.
         worker_id: Prefix of this worker's lease owner ids (default `host:pid:random`).
         statuses: See `recover_interrupted_async`.
+        allow_changes: Identity differences a resume accepts on purpose: any of `"tools"`,
+            `"output"`, `"instructions"`, `"prompt"` (see `perdure.durable.identity`).
+        options: All recovery settings at once (the object `recover_interrupted_async` and the CLI
+            use too); when given, the individual recovery arguments above are ignored.
 
     """
 
@@ -76,6 +84,8 @@ class Worker:
         min_idle: float | None = None,
         worker_id: str | None = None,
         statuses: Iterable[ExecutionStatus | str] = (ExecutionStatus.SUCCESS,),
+        allow_changes: Iterable[str] = (),
+        options: RecoveryOptions | None = None,
     ) -> None:
         if concurrency < 1:
             raise UserError(f"concurrency must be >= 1, got {concurrency!r}.")
@@ -88,15 +98,22 @@ class Worker:
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
         self.grace_period = float(grace_period)
-        self.worker_id = worker_id or default_worker_id()
-        self.options = RecoveryOptions(
-            max_attempts=max_attempts,
-            delay=delay,
-            timeout=timeout,
-            lease_ttl=lease_ttl,
-            worker_id=self.worker_id,
-            min_idle=min_idle,
-            statuses=tuple(statuses),  # type: ignore[arg-type]  # converted by RecoveryOptions
+        self.worker_id = (
+            (options.worker_id if options is not None else None) or worker_id or default_worker_id()
+        )
+        self.options = (
+            options
+            if options is not None
+            else RecoveryOptions(
+                max_attempts=max_attempts,
+                delay=delay,
+                timeout=timeout,
+                lease_ttl=lease_ttl,
+                worker_id=self.worker_id,
+                min_idle=min_idle,
+                statuses=tuple(statuses),  # type: ignore[arg-type]  # converted by RecoveryOptions
+                allow_changes=normalize_allow_changes(allow_changes),
+            )
         )
         self.report = RecoveryReport()
         """Everything this worker did so far (the latest outcome per execution)."""

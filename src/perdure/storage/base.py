@@ -18,37 +18,80 @@ apart from the head body: `save_state_async` and `append_step_async` never chang
 are the stored lease. Writes are fenced: a head write or step append whose `record.lease_owner`
 differs from an unexpired stored lease is refused with `LeaseLostError` and changes nothing, so a
 worker that stalled past its lease cannot write over the worker that took the execution over. A
-backend compares expiry with one clock per write (the server's clock where there is a server).
+backend compares expiry with one clock per write: the server's clock where there is a server, and a
+clock that wall-clock steps do not move (the boot's monotonic clock, see `_clock`) for the
+single-host SQLite and file backends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from .._sync import run_sync
-from ..errors import UserError
+from ..errors import (
+    CorruptRecordError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
+    StorageConfigurationError,
+    UserError,
+)
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 
-__all__ = ["DurableExecutionStorage", "DurableStorage", "validate_identifier"]
+__all__ = ["DurableExecutionStorage", "DurableStorage", "check_journal_seqs", "validate_identifier"]
 
 logger = logging.getLogger("perdure.storage")
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always `fullmatch`: `$` lets a trailing newline in
 
 
 def validate_identifier(value: str, what: str) -> str:
     """Refuse names that would be interpolated into SQL or key names unless they are plain identifiers."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
-        raise UserError(
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise StorageConfigurationError(
             f"Invalid {what} {value!r}: use letters, digits and underscores only, starting with a letter "
             f"or underscore, at most 63 characters."
         )
     return value
+
+
+def check_journal_seqs(execution_id: str, seqs: Sequence[int], *, location: str = "") -> None:
+    """Refuse a journal whose entries are not exactly seqs 0..n-1 (an entry deleted, a gap).
+
+    Raises `CorruptRecordError` naming the missing seqs: resuming over a gap would run the lost
+    units again.
+    """
+    if all(seq == index for index, seq in enumerate(seqs)):
+        return
+    present = set(seqs)
+    missing = [seq for seq in range(max(max(present), len(seqs))) if seq not in present]
+    if not missing:  # out of order or duplicated: cannot happen with a primary key, but say so
+        first = next(index for index, seq in enumerate(seqs) if seq != index)
+        raise CorruptRecordError(
+            execution_id, f"journal entry {first} holds seq {seqs[first]}", step=str(first), location=location
+        )
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    shown = ", ".join(str(seq) for seq in missing[:10]) + more
+    raise CorruptRecordError(
+        execution_id,
+        f"journal entries {shown} are missing (deleted or never written) while later ones exist",
+        step=str(missing[0]),
+        location=location,
+    )
+
+
+def stored_seq(payload: bytes) -> int | None:
+    """The `seq` a plain-JSON journal entry says it has (None when unreadable), to name a gap."""
+    try:
+        value = json.loads(payload).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 class DurableExecutionStorage(ABC):
@@ -91,16 +134,31 @@ class DurableExecutionStorage(ABC):
         (`save_state_async`, `append_step_async`, also a new run reusing the id) raise
         `ExecutionDeletedError` instead of re-creating the execution, `acquire_lease_async` raises
         `ExecutionNotFoundError`, and reads see nothing. `cleanup_old_executions_async` purges
-        tombstones older than its cutoff.
+        tombstones older than its cutoff. Deleting an id that is absent (never existed, or already
+        deleted) returns False and writes nothing.
+
+        Only an unexpired lease blocks the delete, whoever holds it: perdure cannot tell from here
+        whether the holder still runs. An operator who knows the holder is dead passes `force=True`
+        (its attempt, should it still run, then fails with `ExecutionDeletedError` at its next write).
         """
 
     @abstractmethod
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
-        """Atomically append `step` to the journal and store `record` as the new head."""
+        """Atomically append `step` to the journal and store `record` as the new head.
+
+        Never creates an execution: without a head it raises `ExecutionNotFoundError` (or
+        `ExecutionDeletedError` after a delete) and writes nothing. Likewise `save_state_async` of a
+        record whose `lease_owner` is set (a write of a running attempt) requires the head to exist;
+        only an unleased `save_state_async` of a new id creates an execution.
+        """
 
     @abstractmethod
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
-        """Return the journal of an execution in sequence order (empty when it has none)."""
+        """Return the journal of an execution in sequence order (empty when it has none).
+
+        Raises `CorruptRecordError` when the stored seqs are not exactly 0..n-1 (see
+        `check_journal_seqs`).
+        """
 
     @abstractmethod
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
@@ -133,6 +191,15 @@ class DurableExecutionStorage(ABC):
     async def release_lease_async(self, execution_id: str, owner: str) -> bool:
         """Clear the lease if `owner` holds it; return whether it did (idempotent)."""
 
+    def not_found_error(self, execution_id: str) -> ExecutionNotFoundError:
+        """The error for an execution this storage does not hold, naming where it looked."""
+        own = getattr(self, "_not_found", None)
+        if callable(own):
+            error = own(execution_id)
+            if isinstance(error, ExecutionNotFoundError):
+                return error
+        return ExecutionNotFoundError(execution_id, backend=self.backend_name)
+
     async def close_async(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and file handles (idempotent)."""
 
@@ -157,12 +224,21 @@ class DurableExecutionStorage(ABC):
         return {"backend": self.backend_name, "total_executions": total, "by_status": by_status}
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
-        """Delete executions last updated more than `older_than_days` ago; return how many."""
+        """Delete executions last updated more than `older_than_days` ago; return how many.
+
+        Executions with an unexpired lease are skipped (they are running), and tombstones older than
+        the cutoff are purged (backends override this to do both).
+        """
         cutoff = self._cutoff(older_than_days)
         deleted = 0
         for head in list(await self._iter_heads_async()):
-            if head.updated_at < cutoff and await self.delete_state_async(head.execution_id):
-                deleted += 1
+            if head.updated_at >= cutoff:
+                continue
+            try:
+                if await self.delete_state_async(head.execution_id):
+                    deleted += 1
+            except ExecutionLeasedError:
+                continue
         return deleted
 
     @staticmethod

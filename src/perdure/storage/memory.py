@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from ..codec import decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionDeletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
     IncompatibleSchemaError,
@@ -16,7 +17,7 @@ from ..errors import (
     StepConflictError,
 )
 from ..records import ExecutionRecord, StepRecord, utcnow
-from .base import DurableExecutionStorage, logger
+from .base import DurableExecutionStorage, check_journal_seqs, logger, stored_seq
 
 __all__ = ["InMemoryDurableStorage"]
 
@@ -34,7 +35,24 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         self._heads: dict[str, bytes] = {}
         self._journals: dict[str, list[bytes]] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
+        self._tombstones: dict[str, datetime] = {}
+        """Deleted ids and when: their writes are refused until cleanup purges the tombstone."""
         self._lock = threading.Lock()
+
+    def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
+        return ExecutionNotFoundError(
+            execution_id, backend=self.backend_name, where=f"(in-process storage {id(self):#x})"
+        )
+
+    def _writable(self, record: ExecutionRecord, *, create: bool) -> None:
+        """Refuse writes of a deleted id, and writes that would create a head (call with the lock held)."""
+        execution_id = record.execution_id
+        if execution_id in self._heads:
+            return
+        if execution_id in self._tombstones:
+            raise ExecutionDeletedError(execution_id)
+        if not create or record.lease_owner is not None:
+            raise self._not_found(execution_id)
 
     def _fence(self, record: ExecutionRecord) -> None:
         """Refuse a write by anyone but the holder of an unexpired lease (call with the lock held)."""
@@ -50,6 +68,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
     async def save_state_async(self, record: ExecutionRecord) -> None:
         payload = encode_head(record)
         with self._lock:
+            self._writable(record, create=True)
             self._fence(record)
             self._heads[record.execution_id] = payload
 
@@ -70,7 +89,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         with self._lock:
             payload = self._heads.get(execution_id)
             if payload is None:
-                raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+                raise self._not_found(execution_id)
             now = utcnow()
             lease = self._leases.get(execution_id)
             if lease is not None and lease[0] not in (owner, steal_from) and lease[1] > now:
@@ -97,16 +116,51 @@ class InMemoryDurableStorage(DurableExecutionStorage):
             del self._leases[execution_id]
             return True
 
-    async def delete_state_async(self, execution_id: str) -> bool:
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
         with self._lock:
-            self._leases.pop(execution_id, None)
-            existed = self._heads.pop(execution_id, None) is not None
-            existed = self._journals.pop(execution_id, None) is not None or existed
-        return existed
+            return self._delete(execution_id, force=force, now=utcnow())
+
+    def _delete(self, execution_id: str, *, force: bool, now: datetime) -> bool:
+        """Remove head, journal and lease and leave a tombstone (call with the lock held)."""
+        if execution_id not in self._heads and execution_id not in self._journals:
+            return False
+        lease = self._leases.get(execution_id)
+        if lease is not None and lease[1] > now and not force:
+            raise ExecutionLeasedError(execution_id, lease[0], lease[1])
+        self._leases.pop(execution_id, None)
+        self._heads.pop(execution_id, None)
+        self._journals.pop(execution_id, None)
+        self._tombstones[execution_id] = now
+        return True
+
+    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+        """Delete old executions without an unexpired lease and purge old tombstones, atomically."""
+        cutoff = self._cutoff(older_than_days)
+        heads = await self._iter_heads_async()
+        with self._lock:
+            now = utcnow()
+            for execution_id in [i for i, when in self._tombstones.items() if when < cutoff]:
+                del self._tombstones[execution_id]
+            deleted = 0
+            for head in heads:
+                lease = self._leases.get(head.execution_id)
+                if head.updated_at >= cutoff or (lease is not None and lease[1] > now):
+                    continue
+                current = self._heads.get(head.execution_id)
+                if current is None:
+                    continue
+                try:  # re-check the age on the current head: it may have moved on since the scan
+                    if decode_head(head.execution_id, current).updated_at >= cutoff:
+                        continue
+                except (CorruptRecordError, IncompatibleSchemaError):
+                    continue
+                deleted += self._delete(head.execution_id, force=False, now=now)
+            return deleted
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         head, entry = encode_head(record), encode_step(step)
         with self._lock:
+            self._writable(record, create=False)
             self._fence(record)
             journal = self._journals.setdefault(step.execution_id, [])
             if step.seq != len(journal):
@@ -117,7 +171,16 @@ class InMemoryDurableStorage(DurableExecutionStorage):
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         with self._lock:
             entries = list(self._journals.get(execution_id, ()))
-        return [decode_step(execution_id, seq, raw) for seq, raw in enumerate(entries)]
+        steps = []
+        for seq, raw in enumerate(entries):
+            try:
+                steps.append(decode_step(execution_id, seq, raw))
+            except CorruptRecordError:
+                found = stored_seq(raw)  # the list index is the seq: a removed entry shifts the rest
+                if found is not None and found > seq:
+                    check_journal_seqs(execution_id, [*range(seq), found])
+                raise
+        return steps
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         with self._lock:

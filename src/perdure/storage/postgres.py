@@ -1,16 +1,21 @@
 """Storage in PostgreSQL: many workers on many machines share one database.
 
-Three tables, named after `table_prefix` (default `perdure_`): `<prefix>heads` (one row per execution:
+Four tables, named after `table_prefix` (default `perdure_`): `<prefix>heads` (one row per execution:
 indexed columns, the lease, and the encoded head), `<prefix>steps` (the journal, primary key
-`(execution_id, seq)`) and `<prefix>meta` (the layout version). They are created on first use and
-migrated by version under a transaction-level advisory lock, so workers starting together do not race.
+`(execution_id, seq)`), `<prefix>tombstones` (deleted ids, whose writes are refused until cleanup
+purges them; layout version 2) and `<prefix>meta` (the layout version). They are created on first use
+and migrated by version under a transaction-level advisory lock, so workers starting together do not
+race.
 
 Every write is one SQL statement on an autocommit connection: its own transaction, one round trip. A
 step append is a data-modifying CTE that upserts the head and inserts the journal row only if the head
 write went through; the head upsert is fenced by the lease in its `ON CONFLICT ... WHERE`, which
 PostgreSQL evaluates on the row it locked, and the journal's primary key refuses a duplicate seq and
-aborts the whole statement. Lease expiry is compared with the server's `clock_timestamp()`, so workers
-with skewed clocks still agree.
+aborts the whole statement. Writes of a running attempt (`lease_owner` set) and step appends only
+UPDATE the head, so they never re-create a deleted execution. Creating a head and deleting one are short
+transactions that take a per-execution advisory lock; a delete also locks the head row, so it is atomic
+with lease acquisition and with every write. Lease expiry is compared with the server's
+`clock_timestamp()`, so workers with skewed clocks still agree.
 
 psycopg's async connections belong to the event loop that opened them, while the sync twins run each
 thread's coroutines on that thread's own loop; the storage therefore keeps one pool per event loop.
@@ -21,30 +26,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import select
+import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from .._sync import run_sync
 from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionDeletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
     IncompatibleSchemaError,
+    InvalidExecutionIdError,
     LeaseLostError,
+    PerdureError,
     StepConflictError,
+    StorageConfigurationError,
     StorageUnavailableError,
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
-from .base import DurableExecutionStorage, logger, validate_identifier
+from .base import DurableExecutionStorage, check_journal_seqs, logger, validate_identifier
 
 try:
     import psycopg
@@ -63,11 +74,22 @@ __all__ = ["LAYOUT_VERSION", "PostgresDurableStorage"]
 _Conn = psycopg.AsyncConnection[Any]
 _Row = tuple[Any, ...]
 _Params = Sequence[Any] | Mapping[str, Any]
+_T = TypeVar("_T")
 
 _BACKEND = "postgresql"
 _SCHEMES = ("postgresql", "postgres")
 _ACQUIRE_TRIES = 3
 _CLOSE_TIMEOUT = 2.0
+_ANSWER_GRACE = 2.0
+"""Seconds past `statement_timeout` after which the client gives up on a server that does not answer."""
+# Connection refusals that retrying will not fix: wrong database, user, password or pg_hba rules.
+_MISCONFIGURED = re.compile(
+    r"FATAL:.*(does not exist|authentication failed|no pg_hba\.conf entry|permission denied|"
+    r"password|not permitted to log in)",
+    re.IGNORECASE,
+)
+_CONFIG_STATES = ("28", "3D", "3F", "42501")  # auth, missing database/schema, privilege
+_CORRUPT_STATES = ("XX001", "XX002")  # data_corrupted, index_corrupted
 _CLOSING: set[asyncio.Task[None]] = set()  # strong refs: the loop only keeps weak ones
 
 
@@ -93,9 +115,13 @@ class _Names:
         return f"{self.prefix}meta"
 
     @property
+    def tombstones(self) -> str:
+        return f"{self.prefix}tombstones"
+
+    @property
     def all(self) -> tuple[str, ...]:
-        h = self.heads
-        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx")
+        h, tb = self.heads, self.tombstones
+        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx", tb, f"{tb}_idx")
 
 
 def _layout_v1(n: _Names) -> list[str]:
@@ -115,7 +141,16 @@ def _layout_v1(n: _Names) -> list[str]:
     ]
 
 
-_MIGRATIONS: tuple[tuple[int, Callable[[_Names], list[str]]], ...] = ((1, _layout_v1),)
+def _layout_v2(n: _Names) -> list[str]:
+    """Tombstones of deleted executions, purged by `deleted_at` range."""
+    tb = n.tombstones
+    return [
+        f"CREATE TABLE IF NOT EXISTS {tb} (execution_id TEXT PRIMARY KEY, deleted_at TIMESTAMPTZ NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {tb}_idx ON {tb} (deleted_at)",
+    ]
+
+
+_MIGRATIONS: tuple[tuple[int, Callable[[_Names], list[str]]], ...] = ((1, _layout_v1), (2, _layout_v2))
 """Ordered `(version, statements)` steps; a new layout appends `(2, _layout_v2)` with its ALTERs."""
 
 LAYOUT_VERSION = _MIGRATIONS[-1][0]
@@ -127,7 +162,11 @@ class _Sql:
     """The statements of one table prefix, built once per storage."""
 
     save: str
+    update: str
     append: str
+    refusal: str
+    lock_id: str
+    lock_head: str
     load: str
     lease_of: str
     acquire: str
@@ -140,6 +179,8 @@ class _Sql:
     list_status: str
     stats: str
     cleanup: str
+    delete_many: str
+    purge: str
     raw_head: str
     meta_create: str
     meta_get: str
@@ -147,27 +188,48 @@ class _Sql:
 
     @classmethod
     def build(cls, n: _Names) -> _Sql:
-        h, s, m = n.heads, n.steps, n.meta
+        h, s, m, tb = n.heads, n.steps, n.meta, n.tombstones
         cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
+        # The fence: evaluated on the locked, latest row version; the lease columns are never set.
+        fence = (
+            "(cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
+            "OR cur.lease_expires_at <= clock_timestamp())"
+        )
+        # Creates the head unless the id is tombstoned (callers hold the id's advisory lock).
         upsert = (
             f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload) "
-            f"VALUES (%(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s) "
+            f"SELECT %(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s "
+            f"WHERE NOT EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s) "
             f"ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status, "
             f"updated_at = EXCLUDED.updated_at, created_at = EXCLUDED.created_at, "
-            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload "
-            # The fence: evaluated on the locked, latest row version; the lease columns are never set.
-            f"WHERE cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
-            f"OR cur.lease_expires_at <= clock_timestamp() RETURNING 1"
+            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload WHERE {fence} RETURNING 1"
+        )
+        # Never creates: the write of a running attempt, and the head half of a step append.
+        update = (
+            f"UPDATE {h} AS cur SET status = %(status)s, updated_at = %(updated)s, "
+            f"created_at = %(created)s, codec = %(codec)s, payload = %(payload)s "
+            f"WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
         )
         listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
         expiry = "clock_timestamp() + make_interval(secs => %(ttl)s)"
         return cls(
             save=upsert,
+            update=update,
             append=(
-                f"WITH head AS ({upsert}) "
+                f"WITH head AS ({update}) "
                 f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
                 f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
                 f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
+            ),
+            refusal=(
+                f"SELECT (SELECT lease_owner FROM {h} WHERE execution_id = %(id)s), "
+                f"EXISTS (SELECT FROM {h} WHERE execution_id = %(id)s), "
+                f"EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s)"
+            ),
+            lock_id="SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            lock_head=(
+                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
+                f"FROM {h} WHERE execution_id = %s FOR UPDATE"
             ),
             load=f"SELECT {cols} FROM {h} WHERE execution_id = %s",
             lease_of=(
@@ -188,20 +250,30 @@ class _Sql:
                 f"WHERE execution_id = %s AND lease_owner = %s RETURNING 1"
             ),
             delete=(
-                f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s RETURNING 1), "
-                f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s RETURNING 1) "
-                f"SELECT EXISTS (SELECT FROM st) OR EXISTS (SELECT FROM hd)"
+                f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s), "
+                f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s), "
+                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) VALUES (%(id)s, clock_timestamp()) "
+                f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) SELECT 1"
             ),
             steps=f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s ORDER BY seq",
             all_heads=f"SELECT {cols} FROM {h}",
             list_all=listing.format(where=""),
             list_status=listing.format(where="WHERE status = %s"),
             stats=f"SELECT status, count(*) FROM {h} GROUP BY status",
+            # Old executions that are not running, locked until the cleanup's transaction ends.
             cleanup=(
-                f"WITH old AS (DELETE FROM {h} WHERE updated_at < %s RETURNING execution_id), "
-                f"gone AS (DELETE FROM {s} WHERE execution_id IN (SELECT execution_id FROM old)) "
-                f"SELECT count(*) FROM old"
+                f"SELECT execution_id FROM {h} WHERE updated_at < %s AND (lease_owner IS NULL "
+                f"OR lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp()) "
+                f"FOR UPDATE SKIP LOCKED"
             ),
+            delete_many=(
+                f"WITH st AS (DELETE FROM {s} WHERE execution_id = ANY(%(ids)s)), "
+                f"hd AS (DELETE FROM {h} WHERE execution_id = ANY(%(ids)s) RETURNING execution_id), "
+                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) SELECT execution_id, clock_timestamp() "
+                f"FROM hd ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
+                f"SELECT count(*) FROM hd"
+            ),
+            purge=f"DELETE FROM {tb} WHERE deleted_at < %s",
             raw_head=(
                 f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
                 f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "
@@ -324,6 +396,24 @@ def _has_input(conn: _Conn) -> bool:
     return bool(readable)
 
 
+class _NoAnswer(psycopg.OperationalError):
+    """The server did not answer within `statement_timeout` plus a grace period (it could not enforce it)."""
+
+
+def _sever(conn: _Conn) -> None:
+    """Shut a connection's socket down, so a read waiting on a server that stopped answering fails now.
+
+    The pool then drops the connection. psycopg's own cancellation would first ask the stalled server
+    to cancel, and wait for it.
+    """
+    with contextlib.suppress(OSError, psycopg.Error, ValueError):
+        sock = socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)  # a dup of the fd
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
 def _utc(moment: datetime) -> datetime:
     """Aware UTC datetimes in and out; a naive one is taken as UTC (every stored time is UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -343,8 +433,12 @@ class PostgresDurableStorage(DurableExecutionStorage):
         codec: Payload codec; `Codec(compress_above=...)` zstd-compresses large records.
         min_size: Connections each pool keeps open.
         max_size: Connections each pool may open.
-        connect_timeout: Seconds an operation waits for a connection (including reconnecting
-            after a server restart) before failing with `StorageUnavailableError`.
+        connect_timeout: Seconds an operation waits for a connection (connecting, reconnecting
+            after a server restart, or a free pooled one) before failing with `StorageUnavailableError`.
+        statement_timeout: Seconds a statement may run before the server cancels it (PostgreSQL's
+            `statement_timeout`, which also bounds waiting for a lock); a server that does not answer
+            at all is given up 2 seconds later. Either fails with `StorageUnavailableError`; wrong
+            credentials, a missing database or privileges raise `StorageConfigurationError`.
 
     """
 
@@ -359,6 +453,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 5.0,
+        statement_timeout: float = 10.0,
     ) -> None:
         self.dsn = dsn
         self._info = _parse_dsn(dsn)
@@ -367,6 +462,13 @@ class PostgresDurableStorage(DurableExecutionStorage):
         if not isinstance(connect_timeout, int | float) or not connect_timeout > 0:
             raise UserError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}.")
         self.connect_timeout = float(connect_timeout)
+        if isinstance(statement_timeout, bool) or not isinstance(statement_timeout, int | float):
+            raise UserError(f"statement_timeout must be > 0 seconds, got {statement_timeout!r}.")
+        if not statement_timeout > 0:
+            raise UserError(f"statement_timeout must be > 0 seconds, got {statement_timeout!r}.")
+        self.statement_timeout = float(statement_timeout)
+        self._answer_timeout = self.statement_timeout + min(_ANSWER_GRACE, self.statement_timeout)
+        self._statement_ms = max(1, round(self.statement_timeout * 1000))
         self.codec = codec or Codec()
         self._names = _Names(self.table_prefix)
         self._sql = _Sql.build(self._names)
@@ -376,6 +478,10 @@ class PostgresDurableStorage(DurableExecutionStorage):
             f"{where.get('dbname') or where.get('user') or '?'}"
         )
         self._location = f"postgresql://{self._where} table {self._names.heads}"
+        user = where.get("user") or ""
+        auth = f"{user}:***@" if where.get("password") else (f"{user}@" if user else "")
+        self._searched = f"at postgresql://{auth}{self._where} with table_prefix {self.table_prefix!r}"
+        """Where executions are looked up, for `ExecutionNotFoundError` (password masked)."""
         self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
         self._pools_lock = threading.Lock()
         self._layout_ok = False
@@ -386,9 +492,9 @@ class PostgresDurableStorage(DurableExecutionStorage):
     def from_url(cls, url: str, **options: Any) -> PostgresDurableStorage:
         """Build from `postgresql://user[:password]@host[:port]/db[?table_prefix=P&<libpq params>]`.
 
-        `table_prefix` is taken out of the URL; every other query parameter (`sslmode`,
-        `application_name`, ...) stays in the DSN for libpq. `connect_timeout` also sets the
-        storage's own timeout. Keyword `options` override the URL.
+        `table_prefix` and `statement_timeout` (seconds) are taken out of the URL; every other query
+        parameter (`sslmode`, `application_name`, ...) stays in the DSN for libpq. `connect_timeout`
+        also sets the storage's own timeout. Keyword `options` override the URL.
         """
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme.lower() not in _SCHEMES:
@@ -403,10 +509,11 @@ class PostgresDurableStorage(DurableExecutionStorage):
         for key, value in query:
             if key == "table_prefix":
                 kwargs["table_prefix"] = value
-            elif key == "connect_timeout":
-                kwargs["connect_timeout"] = _float_param(key, value)
+            elif key in ("connect_timeout", "statement_timeout"):
+                kwargs[key] = _float_param(key, value)
         # Keep the other parameters byte for byte: libpq decodes %XX but not `+`.
-        kept = [p for p in parts.query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != "table_prefix"]
+        ours = ("table_prefix", "statement_timeout")
+        kept = [p for p in parts.query.split("&") if p and unquote_plus(p.split("=", 1)[0]) not in ours]
         dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
         return cls(dsn, **{**kwargs, **options})
 
@@ -422,8 +529,12 @@ class PostgresDurableStorage(DurableExecutionStorage):
     def _new_pool(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
         conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
 
+        timeout = f"SET statement_timeout = {self._statement_ms}"
+
         async def track(conn: _Conn) -> None:
             conns.add(conn)
+            # A SET rather than a startup `options` parameter, which PgBouncer refuses by default.
+            await conn.execute(timeout)
 
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -516,9 +627,10 @@ class PostgresDurableStorage(DurableExecutionStorage):
         pool = await self._pool()
         conn = await self._getconn(pool)
         try:
-            found = await self._layout_version(conn)
-            if found is None or found < LAYOUT_VERSION:
-                found = await self._migrate(conn)
+            with self._watchdog(conn):
+                found = await self._layout_version(conn)
+                if found is None or found < LAYOUT_VERSION:
+                    found = await self._migrate(conn)
         finally:
             await pool.putconn(conn)
         if found > LAYOUT_VERSION:
@@ -572,9 +684,10 @@ class PostgresDurableStorage(DurableExecutionStorage):
             pool = await self._pool()
             conn = await self._getconn(pool)
             try:
-                async with conn.cursor(binary=True) as cur:
-                    await cur.execute(sql, params)
-                    return await cur.fetchall()
+                with self._watchdog(conn):
+                    async with conn.cursor(binary=True) as cur:
+                        await cur.execute(sql, params)
+                        return await cur.fetchall()
             finally:
                 await pool.putconn(conn)
         except pg_errors.UniqueViolation as exc:
@@ -584,9 +697,82 @@ class PostgresDurableStorage(DurableExecutionStorage):
         except psycopg.Error as exc:
             raise await self._unavailable(exc, execution_id) from exc
 
-    async def _unavailable(self, exc: psycopg.Error, execution_id: str | None) -> StorageUnavailableError:
+    async def _transaction(self, work: Callable[[_Conn], Awaitable[_T]], execution_id: str | None) -> _T:
+        """Run `work` in one transaction on a pooled connection (rolled back if it raises)."""
+        try:
+            await self._ensure_layout()
+            pool = await self._pool()
+            conn = await self._getconn(pool)
+            try:
+                with self._watchdog(conn):
+                    async with conn.transaction():
+                        return await work(conn)
+            finally:
+                await pool.putconn(conn)
+        except psycopg.Error as exc:
+            raise await self._unavailable(exc, execution_id) from exc
+
+    @staticmethod
+    async def _rows(conn: _Conn, sql: str, params: _Params) -> list[_Row]:
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall() if cur.description is not None else []
+
+    async def _lock_id(self, conn: _Conn, execution_id: str) -> None:
+        """Serialize creating and deleting one execution (transaction-level advisory lock)."""
+        await conn.execute(self._sql.lock_id, (f"perdure:{self.table_prefix.lower()}:{execution_id}",))
+
+    @contextlib.contextmanager
+    def _watchdog(self, conn: _Conn) -> Iterator[None]:
+        """Bound the work done on `conn` by `statement_timeout` plus a grace period, on the client side.
+
+        The server enforces `statement_timeout` itself; a server that stopped answering (stalled
+        host, lost network) cannot, so past the grace period the socket is shut (`_sever`) and the
+        operation fails with `_NoAnswer` instead of waiting for TCP to notice.
+        """
+        fired = False
+
+        def expire() -> None:
+            nonlocal fired
+            fired = True
+            _sever(conn)
+
+        timer = asyncio.get_running_loop().call_later(self._answer_timeout, expire)
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if fired:
+                raise _NoAnswer(
+                    f"no answer within {self._answer_timeout:g}s (statement_timeout "
+                    f"{self.statement_timeout:g}s): the server or the network stalled"
+                ) from exc
+            raise
+        finally:
+            timer.cancel()
+
+    async def _unavailable(self, exc: psycopg.Error, execution_id: str | None) -> PerdureError:
+        """The typed error of a driver error: misconfigured, corrupt, or else unavailable (timeouts too)."""
         detail = f"{self._where}: {type(exc).__name__}: {_one_line(exc)}"
-        if isinstance(exc, PoolTimeout):
+        state = getattr(exc, "sqlstate", None) or ""
+        if state.startswith(_CORRUPT_STATES):
+            err = CorruptRecordError(execution_id or "*", _one_line(exc), location=self._location)
+            err.execution_id = execution_id
+            err.message = (
+                f"PostgreSQL reports damaged data in {self._location} ({_one_line(exc)}). perdure did "
+                f"not modify it; repair the database (REINDEX, restore from a backup) and resume."
+            )
+            err.args = (err.message,)
+            return err
+        if state.startswith(_CONFIG_STATES):
+            return self._misconfigured(_one_line(exc), execution_id)
+        if isinstance(exc, psycopg.DataError) and execution_id is not None and "\x00" in execution_id:
+            return InvalidExecutionIdError(execution_id, "PostgreSQL text cannot hold NUL characters")
+        if isinstance(exc, pg_errors.QueryCanceled):
+            detail = (
+                f"{self._where}: a statement ran past statement_timeout={self.statement_timeout:g}s (the "
+                f"server is overloaded, or another session holds a lock on the tables): {_one_line(exc)}"
+            )
+        elif isinstance(exc, PoolTimeout):
             entry = self._pools.get(asyncio.get_running_loop())
             if entry is not None and entry.pool.get_stats().get("pool_size", 0) >= self.max_size:
                 detail = (
@@ -596,8 +782,20 @@ class PostgresDurableStorage(DurableExecutionStorage):
             else:  # cannot connect: start afresh next time instead of waiting out the pool's back-off
                 await self._retire_pool()
                 reason = await self._probe()
+                if _MISCONFIGURED.search(reason):
+                    return self._misconfigured(reason, execution_id)
                 detail = f"no connection to {self._where} within {self.connect_timeout:g}s ({reason})"
+        elif not state and _MISCONFIGURED.search(str(exc)):
+            return self._misconfigured(_one_line(exc), execution_id)
         return StorageUnavailableError(_BACKEND, detail, execution_id=execution_id)
+
+    def _misconfigured(self, reason: str, execution_id: str | None) -> StorageConfigurationError:
+        return StorageConfigurationError(
+            f"PostgreSQL at {self._where} refused perdure: {reason}. Check the database name, user, "
+            f"password and the user's privileges on tables {self.table_prefix}* (password not shown); "
+            f"retrying will not help.",
+            execution_id=execution_id,
+        )
 
     async def _probe(self) -> str:
         """Why connecting fails, for the error message (the pool only says that it timed out)."""
@@ -645,22 +843,63 @@ class PostgresDurableStorage(DurableExecutionStorage):
         holder = rows[0][0] if rows else None
         return LeaseLostError(execution_id, owner or "(no lease)", holder)
 
+    async def _refused(self, record: ExecutionRecord) -> PerdureError:
+        """Why a head write changed nothing: deleted, never created, or fenced by another's lease."""
+        execution_id = record.execution_id
+        [(holder, exists, deleted)] = await self._query(self._sql.refusal, {"id": execution_id}, execution_id)
+        if deleted:
+            return ExecutionDeletedError(execution_id)
+        if not exists:
+            return self._not_found(execution_id)
+        return LeaseLostError(execution_id, record.lease_owner or "(no lease)", holder)
+
+    def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
+        return ExecutionNotFoundError(execution_id, backend=_BACKEND, where=self._searched)
+
     # ---- contract -------------------------------------------------------------------------------
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
-        """Upsert the head, fenced by the lease; the lease columns are left as they are."""
-        if not await self._query(self._sql.save, self._head_params(record), record.execution_id):
-            raise await self._lease_lost(record.execution_id, record.lease_owner)
+        """Write the head, fenced by the lease; the lease columns are left as they are.
+
+        A write of a running attempt (`lease_owner` set) only updates an existing head, in one
+        statement; an unleased write may create the head, unless the id is tombstoned.
+        """
+        execution_id, params = record.execution_id, self._head_params(record)
+        if record.lease_owner is not None:
+            written = await self._query(self._sql.update, params, execution_id)
+        else:
+
+            async def upsert(conn: _Conn) -> list[_Row]:
+                await self._lock_id(conn, execution_id)
+                return await self._rows(conn, self._sql.save, params)
+
+            written = await self._transaction(upsert, execution_id)
+        if not written:
+            raise await self._refused(record)
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head with its stored lease; None when the execution does not exist."""
         rows = await self._query(self._sql.load, (execution_id,), execution_id)
         return self._decode_head(rows[0]) if rows else None
 
-    async def delete_state_async(self, execution_id: str) -> bool:
-        """Delete head (with its lease) and journal in one statement; return whether either existed."""
-        rows = await self._query(self._sql.delete, {"id": execution_id}, execution_id)
-        return bool(rows[0][0])
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
+        """Delete head (with its lease) and journal and leave a tombstone, in one transaction.
+
+        The head row is locked first, so no lease can be taken and no write can land in between.
+        """
+
+        async def delete(conn: _Conn) -> bool:
+            await self._lock_id(conn, execution_id)
+            rows = await self._rows(conn, self._sql.lock_head, (execution_id,))
+            if not rows:
+                return False
+            holder, expires, live = rows[0]
+            if holder is not None and live and not force:
+                raise ExecutionLeasedError(execution_id, holder, _utc(expires))
+            await conn.execute(self._sql.delete, {"id": execution_id})
+            return True
+
+        return await self._transaction(delete, execution_id)
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Fenced head upsert and journal insert in one statement: both happen or neither."""
@@ -676,11 +915,12 @@ class PostgresDurableStorage(DurableExecutionStorage):
             "step_payload": payload,
         }
         if not await self._query(self._sql.append, params, record.execution_id, step):
-            raise await self._lease_lost(record.execution_id, record.lease_owner)
+            raise await self._refused(record)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         """Read the journal in sequence order (primary-key order)."""
         rows = await self._query(self._sql.steps, (execution_id,), execution_id)
+        check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
         return [
             decode_step(execution_id, seq, bytes(payload), codec=codec, location=self._location)
             for seq, codec, payload in rows
@@ -703,7 +943,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
                 return self._decode_head(rows[0])
             current = await self._query(self._sql.lease_of, (execution_id,), execution_id)
             if not current:
-                raise ExecutionNotFoundError(execution_id, backend=_BACKEND)
+                raise self._not_found(execution_id)
             holder, expires, live = current[0]
             if holder is not None and holder not in (owner, steal_from) and live:
                 raise ExecutionLeasedError(execution_id, holder, _utc(expires))
@@ -744,9 +984,21 @@ class PostgresDurableStorage(DurableExecutionStorage):
         return {"backend": _BACKEND, "total_executions": sum(by_status.values()), "by_status": by_status}
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
-        """Delete old heads and their journals in one statement; return how many executions."""
-        rows = await self._query(self._sql.cleanup, (self._cutoff(older_than_days),), None)
-        return int(rows[0][0])
+        """Purge old tombstones, then delete old executions that are not running; one transaction.
+
+        The old heads without an unexpired lease are locked (rows being written are skipped), then
+        deleted with their journals, each leaving a tombstone. Returns how many were deleted.
+        """
+        cutoff = self._cutoff(older_than_days)
+
+        async def clean(conn: _Conn) -> int:
+            await conn.execute(self._sql.purge, (cutoff,))
+            ids = [row[0] for row in await self._rows(conn, self._sql.cleanup, (cutoff,))]
+            if not ids:
+                return 0
+            return int((await self._rows(conn, self._sql.delete_many, {"ids": ids}))[0][0])
+
+        return await self._transaction(clean, None)
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:

@@ -13,6 +13,10 @@ Key layout (every key starts with the configured prefix `P`, default `durable:st
   order); `list_executions` reads them newest first and `get_stats` counts them with `ZCARD`.
 - `P idx:expiry`: sorted set of executions whose keys carry a TTL, scored by the server time in
   milliseconds at which they expire (see `ttl` below).
+- `P tomb:<id>`: the tombstone of a deleted execution (deletion time in server microseconds), with
+  an expiry of max(7 days, `ttl`); while it exists, writes of that id are refused
+  (`ExecutionDeletedError`). `P idx:tombstones` scores the tombstones by deletion time, so
+  `cleanup_old_executions` purges old ones by range instead of scanning keys.
 
 Every write is one Lua script run with `EVALSHA`, so the fence check, the seq check, the journal
 append, the head write and the index updates happen atomically: a refused or failed write changes
@@ -37,16 +41,18 @@ from .._sync import run_sync
 from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionDeletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
     IncompatibleSchemaError,
     LeaseLostError,
     StepConflictError,
+    StorageConfigurationError,
     StorageUnavailableError,
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
-from .base import DurableExecutionStorage, logger
+from .base import DurableExecutionStorage, check_journal_seqs, logger, stored_seq
 
 try:
     import redis.asyncio as aioredis
@@ -70,10 +76,12 @@ _FINISHED = (ExecutionStatus.COMPLETED.value, ExecutionStatus.CANCELLED.value)
 _BATCH = 256
 """Ids read per index page (list, cleanup) and expired executions forgotten per script call."""
 _URL_PARAMS = ("prefix", "socket_timeout", "ttl")
+_TOMBSTONE_TTL = 7 * 24 * 3600.0
+"""Minimum lifetime of a tombstone (seconds); longer when `ttl` is."""
 
 # ---- Lua ----------------------------------------------------------------------------------------
 # Per-execution scripts get KEYS = head, journal, lease, idx:all, idx:expiry, idx:status:<s>... in
-# `_STATUSES` order (see `_Keys.execution`).
+# `_STATUSES` order, tomb, idx:tombstones (see `_Keys.execution`).
 
 # Lua tables built from the Python enums, so the scripts can never disagree with them.
 _LUA_TABLES = (
@@ -83,7 +91,9 @@ _LUA_TABLES = (
 
 _LUA_COMMON = (
     _LUA_TABLES
+    + f"local TOMB_KEY = {6 + len(_STATUSES)}\n"
     + """local FIRST_STATUS_KEY = 6
+local TOMB_INDEX = TOMB_KEY + 1
 
 local function now_us()
   local t = redis.call('TIME')
@@ -102,6 +112,28 @@ local function fence(owner)
     return held[1]
   end
   return nil
+end
+
+-- Why a write of this id must not go ahead: 'deleted' (tombstoned), or 'missing' when the head is
+-- gone and the write may not create it (a step append, a write of a running attempt); nil if it may.
+local function refusal(must_exist)
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    return nil
+  end
+  if redis.call('EXISTS', KEYS[TOMB_KEY]) == 1 then
+    return 'deleted'
+  end
+  if must_exist then
+    return 'missing'
+  end
+  return nil
+end
+
+-- Remove the id from the execution indexes (all, expiry, statuses).
+local function unindex(id)
+  for i = 4, TOMB_KEY - 1 do
+    redis.call('ZREM', KEYS[i], id)
+  end
 end
 
 -- Write the head and keep the indexes and the TTL of the execution's keys in step with its status.
@@ -140,6 +172,10 @@ end
 _LUA_SAVE = (
     _LUA_COMMON
     + """
+local refused = refusal(ARGV[2] ~= '')
+if refused then
+  return {refused}
+end
 local holder = fence(ARGV[2])
 if holder then
   return {'lease', holder}
@@ -153,6 +189,10 @@ return {'ok'}
 _LUA_APPEND = (
     _LUA_COMMON
     + """
+local refused = refusal(true)
+if refused then
+  return {refused}
+end
 local holder = fence(ARGV[2])
 if holder then
   return {'lease', holder}
@@ -172,27 +212,70 @@ return {'ok'}
 """
 )
 
-# ARGV: id, only_if_gone ('1': forget index entries of an execution whose head expired)
+# ARGV: id, only_if_gone ('1': forget index entries of an execution whose head expired), force ('1':
+# delete even under an unexpired lease), tombstone ttl_ms, max_score ('' or: delete only if the
+# execution's `updated_at` score is below it, for cleanup). Replies {'ok', existed} or
+# {'leased', owner, expiry}.
 _LUA_DELETE = (
     _LUA_COMMON
     + """
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl > 0 then
-    redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + pttl), ARGV[1])
-  else
-    redis.call('ZREM', KEYS[5], ARGV[1])
+if ARGV[2] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    local pttl = redis.call('PTTL', KEYS[1])
+    if pttl > 0 then
+      redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + pttl), ARGV[1])
+    else
+      redis.call('ZREM', KEYS[5], ARGV[1])
+    end
+    return {'ok', 0}
   end
-  return 0
+  -- The head expired: forget what is left, without a tombstone (an expiry is not a delete).
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  unindex(ARGV[1])
+  return {'ok', 0}
 end
-local existed = redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('DEL', KEYS[3])
-for i = 4, #KEYS do
-  redis.call('ZREM', KEYS[i], ARGV[1])
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
+  unindex(ARGV[1])
+  return {'ok', 0}
 end
-return existed
+if ARGV[5] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
+  if score and tonumber(score) >= tonumber(ARGV[5]) then
+    return {'ok', 0}
+  end
+end
+if ARGV[3] ~= '1' then
+  local held = redis.call('HMGET', KEYS[3], 'o', 'e')
+  if held[1] and tonumber(held[2]) > now_us() then
+    return {'leased', held[1], held[2]}
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+unindex(ARGV[1])
+local now = now_us()
+local ttl_ms = tonumber(ARGV[4])
+redis.call('SET', KEYS[TOMB_KEY], string.format('%.0f', now), 'PX', ttl_ms)
+redis.call('ZADD', KEYS[TOMB_INDEX], string.format('%.0f', now), ARGV[1])
+-- Forget index entries of tombstones that expired on their own.
+redis.call('ZREMRANGEBYSCORE', KEYS[TOMB_INDEX], '-inf', '(' .. string.format('%.0f', now - ttl_ms * 1000))
+return {'ok', 1}
 """
 )
+
+# KEYS: idx:tombstones, tomb:<id>... ARGV: cutoff (microseconds), id... Purges the tombstones of the
+# given ids that are older than the cutoff; returns how many.
+_LUA_PURGE = """
+local purged = 0
+for i = 2, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) < tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    purged = purged + 1
+  end
+end
+return purged
+"""
 
 # KEYS: head, lease. ARGV: owner, ttl_us, steal ('1' to take the lease from ARGV[4] too), steal_from
 _LUA_ACQUIRE = """
@@ -256,6 +339,7 @@ _SCRIPTS = {
     "save": _LUA_SAVE,
     "append": _LUA_APPEND,
     "delete": _LUA_DELETE,
+    "purge": _LUA_PURGE,
     "acquire": _LUA_ACQUIRE,
     "renew": _LUA_RENEW,
     "release": _LUA_RELEASE,
@@ -349,6 +433,13 @@ class _Keys:
     def lease(self, execution_id: str) -> str:
         return f"{self.prefix}lease:{execution_id}"
 
+    def tomb(self, execution_id: str) -> str:
+        return f"{self.prefix}tomb:{execution_id}"
+
+    @property
+    def tombstones(self) -> str:
+        return f"{self.prefix}idx:tombstones"
+
     @property
     def all(self) -> str:
         return f"{self.prefix}idx:all"
@@ -372,6 +463,8 @@ class _Keys:
             self.all,
             self.expiry,
             *self.statuses(),
+            self.tomb(execution_id),
+            self.tombstones,
         ]
 
 
@@ -433,7 +526,9 @@ class RedisDurableStorage(DurableExecutionStorage):
             host/port/db/password; use `from_url` for a URL with `?prefix=...&ttl=...`.
         codec: Payload codec; `Codec(compress_above=...)` zstd-compresses large records.
         socket_timeout: Seconds to wait for the server before a call fails with
-            `StorageUnavailableError` (also the connect timeout).
+            `StorageUnavailableError` (also the connect timeout); a timeout is not retried, so a
+            stalled server fails a call after one `socket_timeout`. Wrong credentials or a missing
+            database raise `StorageConfigurationError`.
 
     A redis-py asyncio client belongs to the event loop it first ran on, so one client is kept per
     loop (the sync twins run on a loop of their own per thread); clients of loops whose thread
@@ -475,15 +570,23 @@ class RedisDurableStorage(DurableExecutionStorage):
         self.codec = codec or Codec()
         self.host, self.port, self.db = options["host"], options["port"], options["db"]
         self._ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))
+        self._tomb_ttl_ms = round(max(_TOMBSTONE_TTL, self.ttl or 0) * 1000)
         self._client_options = {
             **options,
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.socket_timeout,
-            "retry": Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
+            # A dropped connection is retried; a timeout is not: a stalled server would multiply it.
+            "retry": Retry(
+                ExponentialBackoff(cap=0.25, base=0.05), 2, supported_errors=(redis_errors.ConnectionError,)
+            ),
             "decode_responses": False,
         }
         scheme = "rediss" if options["ssl"] else "redis"
         self._where = f"{scheme}://{self.host}:{self.port}/{self.db}"
+        user = options["username"] or ""
+        auth = f"{user}:***@" if options["password"] else (f"{user}@" if user else "")
+        self._searched = f"at {scheme}://{auth}{self.host}:{self.port}/{self.db} under prefix {self.prefix!r}"
+        """Where executions are looked up, for `ExecutionNotFoundError` (password masked)."""
         self._keys = _Keys(self.prefix)
         self._conns: dict[asyncio.AbstractEventLoop, _Conn] = {}
         self._conns_lock = threading.Lock()
@@ -552,6 +655,16 @@ class RedisDurableStorage(DurableExecutionStorage):
         try:
             yield
         except (
+            redis_errors.AuthenticationError,
+            redis_errors.AuthorizationError,
+            redis_errors.NoPermissionError,
+        ) as exc:
+            raise StorageConfigurationError(
+                f"Redis at {self._where} refused perdure's credentials or commands ({type(exc).__name__}: "
+                f"{exc}). Check the password / user in the URL and the user's ACL (perdure runs EVALSHA, "
+                f"GET, SET, ZADD, ... on keys under prefix {self.prefix!r}); retrying will not help."
+            ) from exc
+        except (
             redis_errors.ConnectionError,
             redis_errors.TimeoutError,
             redis_errors.OutOfMemoryError,
@@ -565,8 +678,13 @@ class RedisDurableStorage(DurableExecutionStorage):
             message = str(exc)
             if any(code in message for code in ("MISCONF", "NOREPLICAS", "BUSY", "OOM", "READONLY")):
                 raise self._unavailable(exc, execution_id) from exc
+            if "DB index is out of range" in message or "invalid DB index" in message:
+                raise StorageConfigurationError(
+                    f"Redis at {self._where} has no database {self.db} ({message}); use a database "
+                    f"number the server has (see its `databases` setting)."
+                ) from exc
             if "WRONGTYPE" in message:
-                raise UserError(
+                raise StorageConfigurationError(
                     f"Redis keys under prefix {self.prefix!r} at {self._where} hold data that perdure did "
                     f"not write ({message}); choose a prefix no other application uses."
                 ) from exc
@@ -588,16 +706,22 @@ class RedisDurableStorage(DurableExecutionStorage):
         with self._errors(execution_id):
             return await op(conn.client)
 
-    async def _delete_batch(self, ids: Sequence[str], *, only_if_gone: bool) -> list[Any]:
-        """Run the delete script for each id in one pipeline (one round trip, each delete atomic)."""
+    def _delete_args(
+        self, execution_id: str, *, only_if_gone: bool, force: bool, max_score: str
+    ) -> list[str]:
+        flags = ["1" if only_if_gone else "0", "1" if force else "0"]
+        return [execution_id, *flags, str(self._tomb_ttl_ms), max_score]
+
+    async def _delete_batch(
+        self, ids: Sequence[str], *, only_if_gone: bool, max_score: str = ""
+    ) -> list[Any]:
+        """Run the (unforced) delete script for each id in one pipeline (one round trip, each atomic)."""
         conn = await self._conn()
-        flag = "1" if only_if_gone else "0"
         with self._errors(None):
             async with conn.client.pipeline(transaction=False) as pipe:
                 for eid in ids:
-                    await conn.scripts["delete"](
-                        keys=self._keys.execution(eid), args=[eid, flag], client=pipe
-                    )
+                    args = self._delete_args(eid, only_if_gone=only_if_gone, force=False, max_score=max_score)
+                    await conn.scripts["delete"](keys=self._keys.execution(eid), args=args, client=pipe)
                 return await pipe.execute()
 
     # ---- encoding -----------------------------------------------------------------------------------
@@ -647,6 +771,13 @@ class RedisDurableStorage(DurableExecutionStorage):
     def _check_write(self, record: ExecutionRecord, reply: list[Any]) -> None:
         if reply[0] == b"lease":
             raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", _text(reply[1]))
+        if reply[0] == b"deleted":
+            raise ExecutionDeletedError(record.execution_id)
+        if reply[0] == b"missing":
+            raise self._not_found(record.execution_id)
+
+    def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
+        return ExecutionNotFoundError(execution_id, backend=self.backend_name, where=self._searched)
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:  # noqa: D102
         [(head, lease)] = await self._fetch([execution_id], execution_id)
@@ -669,9 +800,13 @@ class RedisDurableStorage(DurableExecutionStorage):
         replies = await self._call(op, execution_id)
         return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
-    async def delete_state_async(self, execution_id: str) -> bool:  # noqa: D102
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:  # noqa: D102
         keys = self._keys.execution(execution_id)
-        return bool(await self._script("delete", keys, [execution_id, "0"], execution_id))
+        args = self._delete_args(execution_id, only_if_gone=False, force=force, max_score="")
+        reply = await self._script("delete", keys, args, execution_id)
+        if reply[0] == b"leased":
+            raise ExecutionLeasedError(execution_id, _text(reply[1]), _from_micros(reply[2]))
+        return bool(reply[1])
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:  # noqa: D102
         codec, payload = self.codec.encode(encode_step(step))
@@ -685,7 +820,19 @@ class RedisDurableStorage(DurableExecutionStorage):
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:  # noqa: D102
         key = self._keys.journal(execution_id)
         entries = cast(list[bytes], await self._call(lambda client: client.lrange(key, 0, -1), execution_id))
-        return [self._decode_step(execution_id, seq, raw) for seq, raw in enumerate(entries)]
+        steps = []
+        for seq, raw in enumerate(entries):
+            try:
+                steps.append(self._decode_step(execution_id, seq, raw))
+            except CorruptRecordError:
+                # The list index is the seq: an entry removed from the middle shifts the rest down.
+                codec, _, payload = raw.partition(b":")
+                found = stored_seq(payload) if codec == b"json" else None
+                if found is not None and found > seq:
+                    location = f"{self._where} key {key}"
+                    check_journal_seqs(execution_id, [*range(seq), found], location=location)
+                raise
+        return steps
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         return await self.list_executions_async()
@@ -700,7 +847,7 @@ class RedisDurableStorage(DurableExecutionStorage):
         steal = ["0", ""] if steal_from is None else ["1", steal_from]
         reply = await self._script("acquire", keys, [owner, str(ttl_us), *steal], execution_id)
         if reply[0] == b"missing":
-            raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
+            raise self._not_found(execution_id)
         if reply[0] == b"leased":
             raise ExecutionLeasedError(execution_id, _text(reply[1]), _from_micros(reply[2]))
         return self._decode(execution_id, [reply[2], reply[3]], [owner.encode(), reply[1]])
@@ -784,20 +931,41 @@ class RedisDurableStorage(DurableExecutionStorage):
         )  # pragma: no cover
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
-        """Delete executions whose `updated_at` is older than the cutoff, found by index range."""
-        cutoff = f"({_micros(self._cutoff(older_than_days))}"
-        deleted = 0
+        """Delete executions whose `updated_at` is older than the cutoff, found by index range.
+
+        Executions with an unexpired lease are left alone (they are running); tombstones older than
+        the cutoff are purged first, by range over `P idx:tombstones`.
+        """
+        score = str(_micros(self._cutoff(older_than_days)))
+        await self._purge_tombstones(score)
+        deleted = kept = 0
         while True:
-            raw_ids = cast(
-                list[bytes],
-                await self._call(
-                    lambda c: c.zrangebyscore(self._keys.all, "-inf", cutoff, start=0, num=_BATCH), None
-                ),
-            )
-            if not raw_ids:
+            page = await self._older(self._keys.all, score, kept)
+            if not page:
                 return deleted
-            replies = await self._delete_batch([_text(r) for r in raw_ids], only_if_gone=False)
-            deleted += sum(1 for existed in replies if existed)
+            replies = await self._delete_batch([_text(r) for r in page], only_if_gone=False, max_score=score)
+            done = sum(1 for reply in replies if reply[0] == b"ok" and reply[1])
+            deleted += done
+            kept += len(page) - done  # leased (running) ones stay in the index range: page past them
+
+    async def _older(self, key: str, score: str, start: int) -> list[bytes]:
+        """A page of members of sorted set `key` scored below `score`, lowest first, from rank `start`."""
+        return cast(
+            list[bytes],
+            await self._call(
+                lambda c: c.zrangebyscore(key, "-inf", f"({score}", start=start, num=_BATCH), None
+            ),
+        )
+
+    async def _purge_tombstones(self, score: str) -> None:
+        """Forget tombstones older than `score` (epoch microseconds)."""
+        key = self._keys.tombstones
+        while True:
+            ids = [_text(r) for r in await self._older(key, score, 0)]
+            if not ids or not await self._script(
+                "purge", [key, *(self._keys.tomb(i) for i in ids)], [score, *ids], None
+            ):
+                return
 
     # ---- test hook ----------------------------------------------------------------------------------
 

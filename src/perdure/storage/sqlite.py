@@ -1,11 +1,20 @@
 """Storage in one SQLite file: zero servers, safe for several processes on one machine.
 
-Heads live in `<table>`, journal entries in `<table>_steps`, the layout version in `<table>_meta`.
+Heads live in `<table>`, journal entries in `<table>_steps`, the layout version in `<table>_meta`,
+tombstones of deleted executions (their writes are refused until cleanup purges them) in
+`<table>_tombstones`. The file is created by the first write; other operations on a file that does
+not exist raise `StorageNotFoundError` and create nothing.
 A step is one `BEGIN IMMEDIATE` transaction holding the journal insert and the head upsert, so a
 crash leaves both or neither. The lease lives in two columns of the heads table that head
-upserts never touch; the upsert's `WHERE` clause is the write fence. WAL mode lets readers run
-while a writer commits, and `busy_timeout`
-makes concurrent writers from other processes wait instead of failing at once.
+upserts never touch; the upsert's `WHERE` clause is the write fence. Lease expiry is compared on
+the boot's monotonic clock (see `_clock`), so a wall-clock step neither frees nor extends a lease.
+WAL mode lets readers run while a writer commits, and `busy_timeout` makes concurrent writers from
+other processes wait (then fail with `StorageLockedError`) instead of failing at once; it stays well
+under a lease's time so a stuck writer cannot outlive the heartbeat. Connections come from a small
+pool shared by all threads. A file this process cannot write is opened read-only: reads work, writes
+raise `StorageConfigurationError`. Driver errors map to typed errors: damaged file
+`CorruptRecordError`, lock timeout `StorageLockedError`, read-only or unusable path
+`StorageConfigurationError`, anything else `StorageUnavailableError`.
 """
 
 from __future__ import annotations
@@ -13,34 +22,56 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
+    ExecutionDeletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
     IncompatibleSchemaError,
     LeaseLostError,
+    PerdureError,
     StepConflictError,
+    StorageConfigurationError,
+    StorageLockedError,
+    StorageNotFoundError,
     StorageUnavailableError,
     UserError,
 )
-from ..records import SCHEMA_VERSION, ExecutionRecord, ExecutionStatus, StepRecord
-from .base import DurableExecutionStorage, logger, validate_identifier
+from ..records import SCHEMA_VERSION, ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+from . import _clock
+from ._sqlite_pool import ConnectionPool
+from .base import DurableExecutionStorage, check_journal_seqs, logger, validate_identifier
 
 __all__ = ["SQLiteDurableStorage"]
 
 _SYNCHRONOUS = ("FULL", "NORMAL")
 _T = TypeVar("_T")
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_CONFIG = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
+# Read-only with a WAL index this process cannot create (directory not writable, no -shm yet).
+_RO_NO_WAL_INDEX = {
+    sqlite3.SQLITE_READONLY_DIRECTORY,
+    sqlite3.SQLITE_READONLY_CANTINIT,
+    sqlite3.SQLITE_CANTOPEN,
+}
 
 
 def _from_epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _codes(exc: sqlite3.Error) -> tuple[int | None, int | None]:
+    """The extended and primary SQLite result codes of a driver error (None when it has none)."""
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
+    return code, None if code is None else code & 0xFF
 
 
 def _ts(moment: datetime) -> str:
@@ -54,12 +85,16 @@ class SQLiteDurableStorage(DurableExecutionStorage):
     """Durable storage in a SQLite database (stdlib `sqlite3`, WAL mode).
 
     Args:
-        db_path: Database file; created when missing.
+        db_path: Database file; created (with its directory) by the first write. Reads of a file
+            that does not exist raise `StorageNotFoundError`.
         table_name: Name of the heads table; `<name>_steps` and `<name>_meta` are created next to it.
         synchronous: `"FULL"` (default) survives power loss; `"NORMAL"` is faster and survives
             process crashes but may lose the last commits on power loss.
-        busy_timeout_ms: How long a writer waits for another process's transaction.
+        busy_timeout_ms: How long a writer waits for another process's transaction before
+            `StorageLockedError`; keep it well under the lease time (default 5 s, leases 30 s).
         codec: Payload codec; `Codec(compress_above=...)` zstd-compresses large records.
+        max_connections: Connections shared by all threads of this process (each holds three file
+            descriptors); a thread waits up to `busy_timeout_ms` for one.
 
     """
 
@@ -71,8 +106,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         table_name: str = "durable_executions",
         *,
         synchronous: str = "FULL",
-        busy_timeout_ms: int = 30000,
+        busy_timeout_ms: int = 5000,
         codec: Codec | None = None,
+        max_connections: int = 8,
     ) -> None:
         self.db_path = str(db_path)
         if self.db_path == ":memory:" or self.db_path.startswith("file::memory:"):
@@ -86,29 +122,63 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             raise UserError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}.")
         if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
             raise UserError(f"busy_timeout_ms must be a non-negative integer, got {busy_timeout_ms!r}.")
+        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
+            raise UserError(f"max_connections must be an integer >= 1, got {max_connections!r}.")
         self.busy_timeout_ms = busy_timeout_ms
         self.codec = codec or Codec()
         self._location = f"{self.db_path}:{table_name}"
+        self._searched = f"at {self.db_path} (table {table_name})"
+        """Where executions are looked up, for `ExecutionNotFoundError`."""
         t, s, m = table_name, f"{table_name}_steps", f"{table_name}_meta"
+        tb = f"{table_name}_tombstones"
         self._sql_upsert_head = (
             f"INSERT INTO {t} (execution_id, status, created_at, updated_at, schema_version, codec, payload) "
             f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(execution_id) DO UPDATE SET "
             f"status=excluded.status, created_at=excluded.created_at, updated_at=excluded.updated_at, "
             f"schema_version=excluded.schema_version, codec=excluded.codec, payload=excluded.payload"
         )
+        # Whether the stored lease expired, as `_clock.is_live` decides it; parameters from `_expired_args`.
+        self._sql_expired = (
+            f"(CASE WHEN {t}.lease_boot IS NOT NULL AND {t}.lease_mono IS NOT NULL AND ? IS NOT NULL "
+            f"THEN {t}.lease_boot IS NOT ? OR {t}.lease_mono <= ? ELSE {t}.lease_expires <= ? END)"
+        )
         # Fenced variant for the engine's writes: an unexpired lease of another owner blocks the update
         # (rowcount 0), which the caller turns into LeaseLostError inside the same transaction.
         self._sql_fenced_head = (
             self._sql_upsert_head
-            + f" WHERE {t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {t}.lease_expires <= ?"
+            + f" WHERE {t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {self._sql_expired}"
+        )
+        # Never creates: the write of a running attempt, and the head half of a step append.
+        self._sql_fenced_update = (
+            f"UPDATE {t} SET status = ?, created_at = ?, updated_at = ?, schema_version = ?, codec = ?, "
+            f"payload = ? WHERE execution_id = ? AND "
+            f"({t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {self._sql_expired})"
+        )
+        self._sql_lease_state = (
+            f"SELECT lease_owner, lease_expires, lease_boot, lease_mono FROM {t} WHERE execution_id = ?"
+        )
+        self._sql_tomb_get = f"SELECT 1 FROM {tb} WHERE execution_id = ?"
+        self._sql_tomb_put = f"INSERT OR REPLACE INTO {tb} (execution_id, deleted_at) VALUES (?, ?)"
+        self._sql_tomb_purge = f"DELETE FROM {tb} WHERE deleted_at < ?"
+        # Old executions that are not running (no unexpired lease).
+        self._sql_cleanup_ids = (
+            f"SELECT execution_id FROM {t} WHERE updated_at < ? AND "
+            f"({t}.lease_owner IS NULL OR {self._sql_expired})"
         )
         self._sql_lease_get = (
-            f"SELECT codec, payload, lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
+            f"SELECT codec, payload, lease_owner, lease_expires, lease_boot, lease_mono FROM {t} "
+            f"WHERE execution_id = ?"
         )
-        self._sql_lease_set = f"UPDATE {t} SET lease_owner = ?, lease_expires = ? WHERE execution_id = ?"
-        self._sql_lease_renew = f"UPDATE {t} SET lease_expires = ? WHERE execution_id = ? AND lease_owner = ?"
+        self._sql_lease_set = (
+            f"UPDATE {t} SET lease_owner = ?, lease_expires = ?, lease_boot = ?, lease_mono = ? "
+            f"WHERE execution_id = ?"
+        )
+        self._sql_lease_renew = (
+            f"UPDATE {t} SET lease_expires = ?, lease_boot = ?, lease_mono = ? "
+            f"WHERE execution_id = ? AND lease_owner = ?"
+        )
         self._sql_lease_release = (
-            f"UPDATE {t} SET lease_owner = NULL, lease_expires = NULL "
+            f"UPDATE {t} SET lease_owner = NULL, lease_expires = NULL, lease_boot = NULL, lease_mono = NULL "
             f"WHERE execution_id = ? AND lease_owner = ?"
         )
         self._sql_lease_holder = f"SELECT lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
@@ -129,55 +199,106 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             f"ORDER BY updated_at DESC, execution_id DESC LIMIT ?"
         )
         self._sql_stats = f"SELECT status, COUNT(*) FROM {t} GROUP BY status"
-        self._sql_cleanup_steps = (
-            f"DELETE FROM {s} WHERE execution_id IN (SELECT execution_id FROM {t} WHERE updated_at < ?)"
-        )
-        self._sql_cleanup_heads = f"DELETE FROM {t} WHERE updated_at < ?"
         self._sql_schema = [
             f"CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {t} (execution_id TEXT PRIMARY KEY, status TEXT, "
             f"created_at TEXT, updated_at TEXT, schema_version INTEGER, codec TEXT, payload BLOB, "
-            f"lease_owner TEXT, lease_expires REAL)",
+            f"lease_owner TEXT, lease_expires REAL, lease_boot TEXT, lease_mono REAL)",
             f"CREATE INDEX IF NOT EXISTS {t}_status_updated ON {t} (status, updated_at)",
             f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)",
             f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
             f"kind TEXT, name TEXT, key TEXT, codec TEXT, payload BLOB, "
             f"PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
+            f"CREATE TABLE IF NOT EXISTS {tb} (execution_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {tb}_deleted ON {tb} (deleted_at)",
         ]
         self._sql_meta_get = f"SELECT value FROM {m} WHERE key = 'schema_version'"
         self._sql_meta_put = f"INSERT OR IGNORE INTO {m} (key, value) VALUES ('schema_version', ?)"
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        self._generation = 0
-        if Path(self.db_path).parent != Path():
-            Path(self.db_path).parent.mkdir(parents=True, exist_ok=True)
-        self._init_schema()
+        self._read_only = False
+        self._pool = ConnectionPool(
+            self._open, max_connections, max(busy_timeout_ms / 1000, 1.0), f"SQLite database {self.db_path}"
+        )
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteDurableStorage({self.db_path!r}, table_name={self.table_name!r})"
 
     # ---- connections ----------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        """Return this thread's connection: sqlite3 connections must not be shared between threads."""
-        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "held", None)
-        if held is not None and held[0] == self._generation:
-            return held[1]
-        try:
-            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        except sqlite3.Error as exc:
-            raise StorageUnavailableError("sqlite", f"{self.db_path}: {exc}") from exc
-        with self._conns_lock:
-            self._conns.append(conn)
-            self._local.held = (self._generation, conn)
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{quote(self.db_path)}?mode={mode}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         return conn
 
-    def _unavailable(self, exc: sqlite3.Error, execution_id: str | None) -> StorageUnavailableError:
-        return StorageUnavailableError("sqlite", f"{self.db_path}: {exc}", execution_id=execution_id)
+    def _open(self) -> sqlite3.Connection:
+        """A new pooled connection: read-write, or read-only when this process cannot write the file."""
+        if not self._read_only and os.path.exists(self.db_path) and not os.access(self.db_path, os.W_OK):
+            self._read_only = True
+        if not self._read_only:
+            conn = self._connect("rwc")
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                return conn
+            except sqlite3.Error as exc:
+                conn.close()
+                if _codes(exc)[1] != sqlite3.SQLITE_READONLY:
+                    raise
+                self._read_only = True
+        logger.info("SQLite database %s is not writable here: opened read-only", self.db_path)
+        conn = self._connect("ro")
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()  # reads the file now, not at first use
+            return conn
+        except sqlite3.Error as exc:
+            conn.close()
+            wal = Path(f"{self.db_path}-wal")
+            if not (set(_codes(exc)) & _RO_NO_WAL_INDEX) or (wal.exists() and wal.stat().st_size > 0):
+                raise
+        # No WAL index can be created here and no WAL content is pending: the file alone is the database.
+        return self._connect("ro&immutable=1")
+
+    def _unavailable(self, exc: sqlite3.Error, execution_id: str | None) -> PerdureError:
+        """The typed error for a driver error: damaged, locked, misconfigured, or else unavailable."""
+        extended, primary = _codes(exc)
+        path = self.db_path
+        if primary in _CORRUPT:
+            err = CorruptRecordError(execution_id or "*", str(exc), location=path)
+            err.execution_id = execution_id
+            who = f" (execution {execution_id!r})" if execution_id else ""
+            err.message = (
+                f"The SQLite database {path} is damaged: {exc}{who}. perdure did not modify it. Restore "
+                f"the file from a backup, or salvage the readable rows with `sqlite3 {path} .recover`."
+            )
+            err.args = (err.message,)
+            return err
+        if primary in _LOCKED:
+            return StorageLockedError(
+                "sqlite",
+                f"{path}: {exc} (another connection held its lock longer than busy_timeout_ms="
+                f"{self.busy_timeout_ms}); retry once it is released",
+                execution_id=execution_id,
+            )
+        if primary == sqlite3.SQLITE_READONLY:
+            return StorageConfigurationError(
+                f"The SQLite database {path} is read-only for this process ({exc}): executions can be "
+                f"listed and read, not written. Make the file and its directory writable, or use a "
+                f"writable copy.",
+                execution_id=execution_id,
+            )
+        parent = Path(path).parent
+        if primary in _CONFIG or (primary == sqlite3.SQLITE_CANTOPEN and not parent.is_dir()):
+            return StorageConfigurationError(
+                f"Cannot use the SQLite database {path} ({exc}): check the path and its permissions.",
+                execution_id=execution_id,
+            )
+        if extended == sqlite3.SQLITE_ERROR and "no such table" in str(exc):
+            return StorageNotFoundError(
+                "sqlite", f"{path} (table {self.table_name})", hint=f"It has no perdure tables ({exc})."
+            )
+        return StorageUnavailableError("sqlite", f"{path}: {exc}", execution_id=execution_id)
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]], execution_id: str | None) -> list[int]:
         """Run `statements` in one immediate transaction; return their row counts."""
@@ -186,41 +307,73 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         )
 
     def _read(self, sql: str, params: Sequence[Any], execution_id: str | None = None) -> list[Any]:
+        self._ready(create=False)
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._unavailable(exc, execution_id) from exc
 
+    def _ready(self, *, create: bool) -> None:
+        """Open the database on first use (nothing is touched at construction).
+
+        A write (`create`) creates the file and its directory; any other operation raises
+        `StorageNotFoundError` when the file does not exist, and creates nothing.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if not os.path.exists(self.db_path):
+                if not create:
+                    raise StorageNotFoundError("sqlite", self.db_path)
+                parent = Path(self.db_path).parent
+                if parent != Path():
+                    parent.mkdir(parents=True, exist_ok=True)
+            self._init_schema()
+            self._schema_ready = True
+
     def _init_schema(self) -> None:
-        conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql in self._sql_schema:
-                    conn.execute(sql)
-                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table_name})")}
-                for column, kind in (("lease_owner", "TEXT"), ("lease_expires", "REAL")):
-                    if column not in columns:  # tables created before leases existed
-                        conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
-                conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
-                found = int(conn.execute(self._sql_meta_get).fetchone()[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._pool.connection() as conn:
+                if self._read_only:  # inspection only: nothing to create, check the version
+                    row = conn.execute(self._sql_meta_get).fetchone()
+                    found = int(row[0]) if row else SCHEMA_VERSION
+                else:
+                    found = self._create_schema(conn)
         except sqlite3.Error as exc:
             raise self._unavailable(exc, None) from exc
         if found > SCHEMA_VERSION:
             raise IncompatibleSchemaError("*", found, SCHEMA_VERSION)
 
+    def _create_schema(self, conn: sqlite3.Connection) -> int:
+        """Create or upgrade the tables in one transaction; return the stored schema version."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in self._sql_schema:
+                conn.execute(sql)
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table_name})")}
+            for column, kind in (
+                ("lease_owner", "TEXT"),
+                ("lease_expires", "REAL"),
+                ("lease_boot", "TEXT"),
+                ("lease_mono", "REAL"),
+            ):
+                if column not in columns:  # tables created before leases (or lease clocks) existed
+                    conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
+            conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
+            found = int(conn.execute(self._sql_meta_get).fetchone()[0])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return found
+
     async def close_async(self) -> None:
-        """Close every thread's connection; a later call opens new ones."""
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-            self._generation += 1
-        for conn in conns:
-            conn.close()
+        """Close the pooled connections; a later call opens new ones."""
+        self._pool.close()
 
     # ---- contract -------------------------------------------------------------------------------
 
@@ -249,30 +402,55 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         head.lease_expires_at = _from_epoch(lease_expires)
         return head
 
-    def _fenced(self, conn: sqlite3.Connection, record: ExecutionRecord) -> None:
-        """Upsert the head unless another owner's unexpired lease fences it (inside a transaction)."""
-        now = time.time()
-        if (
-            conn.execute(self._sql_fenced_head, (*self._head_row(record), record.lease_owner, now)).rowcount
-            == 0
-        ):
-            holder = conn.execute(self._sql_lease_holder, (record.execution_id,)).fetchone()
-            raise LeaseLostError(
-                record.execution_id, record.lease_owner or "(no lease)", holder[0] if holder else None
-            )
+    @staticmethod
+    def _expired_args(now: _clock.LeaseTime | None = None) -> tuple[Any, ...]:
+        """Parameters of `_sql_expired` for the instant `now` (default: now)."""
+        now = now or _clock.lease_now()
+        return (now.boot, now.boot, now.mono, now.wall)
+
+    def _fenced(
+        self, conn: sqlite3.Connection, record: ExecutionRecord, row: tuple[Any, ...], *, create: bool
+    ) -> None:
+        """Write the head row unless another owner's unexpired lease fences it (inside a transaction).
+
+        With `create` a missing head is created, unless the id is tombstoned; without, the head
+        must exist (a write of a running attempt, a step append).
+        """
+        if create:
+            if conn.execute(self._sql_tomb_get, (record.execution_id,)).fetchone() is not None:
+                raise ExecutionDeletedError(record.execution_id)
+            sql, params = self._sql_fenced_head, (*row, record.lease_owner, *self._expired_args())
+        else:  # the UPDATE takes the id last
+            sql, params = self._sql_fenced_update, (*row[1:], row[0], record.lease_owner)
+            params += self._expired_args()
+        if conn.execute(sql, params).rowcount == 0:
+            raise self._refusal(conn, record)
+
+    def _refusal(self, conn: sqlite3.Connection, record: ExecutionRecord) -> PerdureError:
+        """Why a head write changed nothing: fenced by another's lease, deleted, or never created."""
+        execution_id = record.execution_id
+        holder = conn.execute(self._sql_lease_holder, (execution_id,)).fetchone()
+        if holder is not None:
+            return LeaseLostError(execution_id, record.lease_owner or "(no lease)", holder[0])
+        if conn.execute(self._sql_tomb_get, (execution_id,)).fetchone() is not None:
+            return ExecutionDeletedError(execution_id)
+        return self._not_found(execution_id)
+
+    def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
+        return ExecutionNotFoundError(execution_id, backend=self.backend_name, where=self._searched)
 
     def _transaction(self, execution_id: str | None, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `work` in one immediate transaction, mapping driver errors to StorageUnavailableError."""
-        conn = self._conn()
+        """Run `work` in one immediate transaction, mapping driver errors to typed ones (`_unavailable`)."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._pool.connection() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
@@ -280,8 +458,17 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         return result
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
-        """Upsert the head (fenced by the lease) in its own transaction."""
-        self._transaction(record.execution_id, lambda conn: self._fenced(conn, record))
+        """Write the head (fenced by the lease) in its own transaction.
+
+        Only an unleased write may create the head (the first write of a new run); a write whose
+        `lease_owner` is set updates an existing head or raises `ExecutionNotFoundError`.
+        """
+        row, create = self._head_row(record), record.lease_owner is None
+        try:
+            self._ready(create=create)
+        except StorageNotFoundError as exc:
+            raise self._not_found(record.execution_id) from exc
+        self._transaction(record.execution_id, lambda conn: self._fenced(conn, record, row, create=create))
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head; None when the execution does not exist."""
@@ -292,77 +479,100 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
     ) -> ExecutionRecord:
         ttl = self._check_ttl(ttl_seconds)
+        try:
+            self._ready(create=False)
+        except StorageNotFoundError as exc:
+            raise self._not_found(execution_id) from exc
 
         def acquire(conn: sqlite3.Connection) -> ExecutionRecord:
             row = conn.execute(self._sql_lease_get, (execution_id,)).fetchone()
             if row is None:
-                raise ExecutionNotFoundError(execution_id, backend=self.backend_name)
-            now = time.time()
-            codec, payload, holder, expires = row
-            if (
-                holder is not None
-                and holder not in (owner, steal_from)
-                and expires is not None
-                and expires > now
+                raise self._not_found(execution_id)
+            codec, payload, holder, expires, boot, mono = row
+            if holder not in (None, owner, steal_from) and _clock.is_live(
+                expires, mono, boot, _clock.lease_now()
             ):
                 raise ExecutionLeasedError(execution_id, holder, _from_epoch(expires))
-            conn.execute(self._sql_lease_set, (owner, now + ttl, execution_id))
-            return self._decode_head(execution_id, codec, payload, owner, now + ttl)
+            until = _clock.lease_until(ttl)
+            conn.execute(self._sql_lease_set, (owner, until.wall, until.boot, until.mono, execution_id))
+            return self._decode_head(execution_id, codec, payload, owner, until.wall)
 
         return self._transaction(execution_id, acquire)
 
     async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
         ttl = self._check_ttl(ttl_seconds)
+        try:
+            self._ready(create=False)
+        except StorageNotFoundError as exc:
+            raise LeaseLostError(execution_id, owner, None) from exc
 
         def renew(conn: sqlite3.Connection) -> datetime:
-            expires = time.time() + ttl
-            if conn.execute(self._sql_lease_renew, (expires, execution_id, owner)).rowcount == 0:
+            until = _clock.lease_until(ttl)
+            params = (until.wall, until.boot, until.mono, execution_id, owner)
+            if conn.execute(self._sql_lease_renew, params).rowcount == 0:
                 holder = conn.execute(self._sql_lease_holder, (execution_id,)).fetchone()
                 raise LeaseLostError(execution_id, owner, holder[0] if holder else None)
-            return _from_epoch(expires)  # type: ignore[return-value]
+            return _from_epoch(until.wall)  # type: ignore[return-value]
 
         return self._transaction(execution_id, renew)
 
     async def release_lease_async(self, execution_id: str, owner: str) -> bool:
+        if not self._schema_ready and not os.path.exists(self.db_path):
+            return False
+        self._ready(create=False)
         (count,) = self._write([(self._sql_lease_release, (execution_id, owner))], execution_id)
         return count > 0
 
-    async def delete_state_async(self, execution_id: str) -> bool:
-        """Delete head and journal in one transaction; return whether either existed."""
-        steps, heads = self._write(
-            [(self._sql_delete_steps, (execution_id,)), (self._sql_delete_head, (execution_id,))],
-            execution_id,
-        )
-        return steps > 0 or heads > 0
+    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
+        """Delete head and journal and leave a tombstone, in one transaction; return whether it existed.
+
+        The lease check happens in the same transaction, so no lease can be taken in between.
+        """
+        self._ready(create=False)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(self._sql_lease_state, (execution_id,)).fetchone()
+            if row is None:
+                return False
+            holder, expires, boot, mono = row
+            if holder is not None and not force and _clock.is_live(expires, mono, boot, _clock.lease_now()):
+                raise ExecutionLeasedError(execution_id, holder, _from_epoch(expires))
+            self._delete_rows(conn, [execution_id])
+            return True
+
+        return self._transaction(execution_id, delete)
+
+    def _delete_rows(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+        """Delete journals and heads of `ids` and tombstone them (inside a transaction)."""
+        deleted_at = _ts(utcnow())
+        conn.executemany(self._sql_delete_steps, [(i,) for i in ids])
+        conn.executemany(self._sql_delete_head, [(i,) for i in ids])
+        conn.executemany(self._sql_tomb_put, [(i, deleted_at) for i in ids])
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Insert the journal entry and upsert the head in one immediate transaction."""
         codec, payload = self.codec.encode(encode_step(step))
         step_row = (step.execution_id, step.seq, step.kind.value, step.name, step.key, codec, payload)
-        head_row = (*self._head_row(record), record.lease_owner, time.time())
-        conn = self._conn()
+        head_row = self._head_row(record)
+
+        def append(conn: sqlite3.Connection) -> None:
+            # The head first: an append never creates it, and a refused head write inserts nothing.
+            self._fenced(conn, record, head_row, create=False)
+            conn.execute(self._sql_insert_step, step_row)
+
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(self._sql_insert_step, step_row)
-                if conn.execute(self._sql_fenced_head, head_row).rowcount == 0:
-                    holder = conn.execute(self._sql_lease_holder, (record.execution_id,)).fetchone()
-                    raise LeaseLostError(
-                        record.execution_id, record.lease_owner or "(no lease)", holder[0] if holder else None
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            self._ready(create=False)
+        except StorageNotFoundError as exc:
+            raise self._not_found(record.execution_id) from exc
+        try:
+            self._transaction(step.execution_id, append)
         except sqlite3.IntegrityError as exc:  # the seq is already journaled
             raise StepConflictError(step.execution_id, step.seq) from exc
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc, step.execution_id) from exc
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
-        """Read the journal in sequence order."""
+        """Read the journal in sequence order; a gap in the seqs is `CorruptRecordError`."""
         rows = self._read(self._sql_load_steps, (execution_id,), execution_id)
+        check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
         return [
             decode_step(execution_id, seq, payload, codec=codec, location=self._location)
             for seq, codec, payload in rows
@@ -407,15 +617,24 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         }
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
-        """Delete heads and journals of old executions in one transaction."""
+        """Purge old tombstones, then delete old executions that are not running; one transaction.
+
+        Executions with an unexpired lease are skipped; each deleted one leaves a tombstone.
+        """
         cutoff = _ts(self._cutoff(older_than_days))
-        _, deleted = self._write(
-            [(self._sql_cleanup_steps, (cutoff,)), (self._sql_cleanup_heads, (cutoff,))], None
-        )
-        return deleted
+        self._ready(create=False)
+
+        def clean(conn: sqlite3.Connection) -> int:
+            conn.execute(self._sql_tomb_purge, (cutoff,))
+            ids = [r[0] for r in conn.execute(self._sql_cleanup_ids, (cutoff, *self._expired_args()))]
+            self._delete_rows(conn, ids)
+            return len(ids)
+
+        return self._transaction(None, clean)
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:
         now = _ts(datetime.now(UTC))
         row = (execution_id, None, now, now, SCHEMA_VERSION, "json", payload)
+        self._ready(create=True)
         self._write([(self._sql_upsert_head, row)], execution_id)

@@ -9,30 +9,47 @@ Each scheme maps to a builder in `_BUILDERS`; a new backend adds one entry there
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import UserError
+from ..errors import StorageConfigurationError, UserError
 from .base import DurableExecutionStorage
 
-__all__ = ["storage_from_url"]
+__all__ = ["mask_url", "storage_from_url"]
 
 _Builder = Callable[[str, str, dict[str, str], dict[str, Any]], DurableExecutionStorage]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_PASSWORD = re.compile(r"(://[^/?#@:]*:)[^/?#@]*@")
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user info replaced by `***` (for messages and logs)."""
+    return _PASSWORD.sub(r"\1***@", url) if isinstance(url, str) else repr(url)
 
 
 def _take(url: str, query: dict[str, str], allowed: dict[str, str]) -> dict[str, Any]:
     """Map query parameters to constructor keywords, refusing unknown ones (typos fail loudly)."""
     unknown = sorted(set(query) - set(allowed))
     if unknown:
-        raise UserError(
-            f"Unknown parameter(s) {', '.join(unknown)} in storage URL {url!r}; "
+        raise StorageConfigurationError(
+            f"Unknown parameter(s) {', '.join(unknown)} in storage URL {mask_url(url)!r}; "
             f"supported: {', '.join(sorted(allowed)) or 'none'}."
         )
-    return {allowed[name]: value for name, value in query.items()}
+    taken: dict[str, Any] = {}
+    for name, value in query.items():
+        keyword = allowed[name]
+        if keyword in taken:
+            aliases = sorted(n for n in query if allowed[n] == keyword)
+            raise StorageConfigurationError(
+                f"Parameters {' and '.join(aliases)} both set {keyword} in storage URL {mask_url(url)!r}; "
+                f"give one of them."
+            )
+        taken[keyword] = value
+    return taken
 
 
 def _memory(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> DurableExecutionStorage:
@@ -40,22 +57,32 @@ def _memory(url: str, path: str, query: dict[str, str], options: dict[str, Any])
 
     _take(url, query, {})
     if path.strip("/") or options:
-        raise UserError(f"memory:// takes no path or options, got {url!r} with {sorted(options)}.")
+        raise StorageConfigurationError(
+            f"memory:// takes no path or options, got {mask_url(url)!r} with {sorted(options)}."
+        )
     return InMemoryDurableStorage()
 
 
 def _file(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> DurableExecutionStorage:
     from .file import FileDurableStorage
 
-    kwargs: dict[str, Any] = _take(url, query, {"fsync": "fsync"})
+    kwargs: dict[str, Any] = _take(url, query, {"fsync": "fsync", "lock_timeout": "lock_timeout"})
+    if "lock_timeout" in kwargs:
+        try:
+            kwargs["lock_timeout"] = float(kwargs["lock_timeout"])
+        except ValueError as exc:
+            raise StorageConfigurationError(
+                f"lock_timeout must be a number of seconds in storage URL {mask_url(url)!r}."
+            ) from exc
     if "fsync" in kwargs:
         flag = str(kwargs["fsync"]).lower()
         if flag not in _TRUE | _FALSE:
-            raise UserError(f"fsync must be true or false in storage URL {url!r}.")
+            raise StorageConfigurationError(f"fsync must be true or false in storage URL {mask_url(url)!r}.")
         kwargs["fsync"] = flag in _TRUE
     if not path:
-        raise UserError(
-            f"file:// needs a directory, e.g. file:///var/lib/app/states or file://./states; got {url!r}."
+        raise StorageConfigurationError(
+            f"file:// needs a directory, e.g. file:///var/lib/app/states or file://./states; got "
+            f"{mask_url(url)!r}."
         )
     return FileDurableStorage(path, **{**kwargs, **options})
 
@@ -77,11 +104,15 @@ def _sqlite(url: str, path: str, query: dict[str, str], options: dict[str, Any])
         try:
             kwargs["busy_timeout_ms"] = int(kwargs["busy_timeout_ms"])
         except ValueError as exc:
-            raise UserError(f"busy_timeout_ms must be an integer in storage URL {url!r}.") from exc
+            raise StorageConfigurationError(
+                f"busy_timeout_ms must be an integer in storage URL {mask_url(url)!r}."
+            ) from exc
     # SQLAlchemy convention: sqlite:///rel.db is relative, sqlite:////abs.db is absolute.
     db_path = path[1:] if path.startswith("/") else path
     if not db_path:
-        raise UserError(f"sqlite:// needs a database file, e.g. sqlite:///durable.db; got {url!r}.")
+        raise StorageConfigurationError(
+            f"sqlite:// needs a database file, e.g. sqlite:///durable.db; got {mask_url(url)!r}."
+        )
     return SQLiteDurableStorage(db_path, **{**kwargs, **options})
 
 
@@ -119,22 +150,48 @@ def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
             override parameters given in the URL.
 
     Raises:
-        UserError: The scheme is unknown, not available yet, or the URL is malformed.
+        StorageConfigurationError: The scheme is unknown, the URL is malformed (brackets, a NUL
+            character), a parameter is unknown or given twice. Messages show the URL with its
+            password replaced by `***`.
 
     """
     if not isinstance(url, str) or "://" not in url:
-        raise UserError(f"Not a storage URL: {url!r}. Use one of: {', '.join(f'{s}://' for s in _BUILDERS)}.")
+        raise StorageConfigurationError(
+            f"Not a storage URL: {mask_url(url)!r}. Use one of: {', '.join(f'{s}://' for s in _BUILDERS)}."
+        )
+    shown = mask_url(url)
     scheme = url.split("://", 1)[0].lower()
     builder = _BUILDERS.get(scheme)
     if builder is None:
-        raise UserError(
-            f"Unsupported storage URL scheme {scheme!r} in {url!r}. Supported schemes: "
+        raise StorageConfigurationError(
+            f"Unsupported storage URL scheme {scheme!r} in {shown!r}. Supported schemes: "
             f"{', '.join(f'{s}://' for s in _BUILDERS)}."
         )
-    parts = urlsplit(url)
+    if "\x00" in url or "\x00" in unquote(url):
+        raise StorageConfigurationError(f"Storage URL {shown!r} contains a NUL character (%00); remove it.")
     try:
-        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+        parts = urlsplit(url)
     except ValueError as exc:
-        raise UserError(f"Malformed query string in storage URL {url!r}: {exc}.") from exc
+        raise StorageConfigurationError(
+            f"Malformed storage URL {shown!r}: {exc} (a '[' or ']' outside an IPv6 address?). "
+            f"Percent-encode special characters, e.g. '[' as %5B."
+        ) from exc
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise StorageConfigurationError(f"Malformed query string in storage URL {shown!r}: {exc}.") from exc
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StorageConfigurationError(
+            f"Parameter(s) {', '.join(repeated)} given more than once in storage URL {shown!r}; give each "
+            f"parameter once."
+        )
     path = unquote(parts.netloc + parts.path)
-    return builder(url, path, query, options)
+    try:
+        return builder(url, path, dict(pairs), options)
+    except UserError as exc:
+        if shown == url or url not in exc.message:
+            raise
+        # A backend quoted the URL with its password: say the same without it.
+        raise StorageConfigurationError(exc.message.replace(url, shown)) from None
