@@ -247,6 +247,29 @@ def test_size_limit_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Codec(max_decompressed_size=10).max_decompressed_size == 10
 
 
+@pytest.mark.parametrize("kind", [b for b in BACKENDS if b != "memory"])
+def test_backends_apply_their_codec_size_limit(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A backend built with `Codec(max_decompressed_size=N)` refuses records that inflate beyond N."""
+    big = make_factory(kind, tmp_path, request, Codec(compress_above=0))
+    store = big()
+    head = ExecutionRecord(execution_id="e-big", task=TaskSnapshot(description="y" * 5000))
+    store.save_state(head)
+    store.close()
+    limited = make_factory(kind, tmp_path, request, Codec(compress_above=0, max_decompressed_size=1000))
+    if kind in ("redis", "postgres"):  # a new namespace per factory: reuse the first store's settings
+        store = big()
+        store.codec = Codec(compress_above=0, max_decompressed_size=1000)
+    else:
+        store = limited()
+    try:
+        with pytest.raises(CorruptRecordError, match="1000-byte limit"):
+            store.load_state("e-big")
+    finally:
+        store.close()
+
+
 def test_declared_oversize_is_refused_without_decompressing() -> None:
     payload = _bomb(96 << 20, declare_size=True)
     started = time.perf_counter()

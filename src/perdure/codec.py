@@ -38,9 +38,7 @@ so a replayed result is exactly the one the original run handed to the model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 import zlib
@@ -51,6 +49,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
+from ._values import (
+    JOURNAL_CODEC,
+    JournalCodec,
+    nesting_detail,
+    refusal,
+    scan,
+    type_name,
+)
 from .errors import CorruptRecordError, IncompatibleSchemaError, SerializationError, UserError
 from .records import SCHEMA_VERSION, ExecutionRecord, StepRecord
 
@@ -80,8 +86,6 @@ MAX_RECORD_SIZE_ENV = "PERDURE_MAX_RECORD_SIZE"
 
 _CRC_PREFIX = b',"_crc":"'
 _TRAILER_LEN = len(_CRC_PREFIX) + 8 + 2  # ,"_crc":"xxxxxxxx"}
-_MAX_DEPTH = 255  # pydantic-core's serialization depth limit
-_INF = math.inf
 
 
 def max_record_size() -> int:
@@ -224,9 +228,9 @@ def encode_head(record: ExecutionRecord) -> bytes:
     """
     for where, data in (("task context", record.task.context), ("metadata", record.metadata)):
         if data:
-            problem = _scan(data, sets=False)
+            problem = scan(data, sets=False)
             if problem is not None:
-                raise _refusal(record.execution_id, where, problem)
+                raise refusal(record.execution_id, where, problem)
     try:
         raw = record.model_dump_json().encode()
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
@@ -259,12 +263,12 @@ def json_data(value: Any, *, execution_id: str, what: str) -> Any:
     `SerializationError(execution_id, what, value type, detail)`.
     """
     try:
-        problem = _scan(value, sets=False)
+        problem = scan(value, sets=False)
         if problem is None:
             return to_jsonable_python(value)
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise _serialization_error(execution_id, what, value, exc) from exc
-    raise _refusal(execution_id, what, problem)
+    raise refusal(execution_id, what, problem)
 
 
 class _NonFinite(Exception):
@@ -281,9 +285,9 @@ def _refuse_non_finite(raw: bytes, execution_id: str, parts: Iterable[tuple[str,
         json.loads(raw, parse_constant=_reject_constant)
     except _NonFinite as exc:
         for name, value in parts:
-            problem = _scan(value)
+            problem = scan(value)
             if problem is not None:
-                raise _refusal(execution_id, name, problem) from None
+                raise refusal(execution_id, name, problem) from None
         raise SerializationError(execution_id, "?", "float", f"{exc} has no JSON form") from None
 
 
@@ -317,342 +321,18 @@ def _serialization_error(execution_id: str, step: str, value: Any, exc: BaseExce
     """The typed error for a pydantic serialization failure of `value`."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, RecursionError) or "depth exceeded" in text or "Circular reference" in text:
-        return SerializationError(execution_id, step, _type_name(value), _nesting_detail(value))
+        return SerializationError(execution_id, step, type_name(value), nesting_detail(value))
     try:
-        problem = _scan(value)
-    except RecursionError:  # pragma: no cover - _scan is iterative; _locate stops at pydantic's depth
+        problem = scan(value)
+    except RecursionError:  # pragma: no cover - scan is iterative; _locate stops at pydantic's depth
         problem = None
     if problem is not None:
-        return _refusal(execution_id, step, problem)
+        return refusal(execution_id, step, problem)
     match = _UNKNOWN_TYPE.search(text)
-    value_type = match.group(1) if match else _type_name(value)
+    value_type = match.group(1) if match else type_name(value)
     return SerializationError(
         execution_id, step, value_type, text.removeprefix("Error serializing to JSON: ")
     )
-
-
-# ---- scanning values for what JSON would change ------------------------------------------------------
-
-_LEAF = frozenset({int, bool, type(None)})
-
-
-def _declares_bytes(annotation: Any) -> bool:
-    """Whether a field's annotation names bytes: then the field's own serializer decides their form."""
-    return annotation in (bytes, bytearray) or "bytes" in str(annotation)
-
-
-@dataclass(frozen=True)
-class _Problem:
-    value: Any
-    kind: str  # "nonfinite" | "bytes" | "surrogate" | "set"
-    path: str = ""
-
-
-def _bad_str(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _bad_bytes(data: bytes | bytearray) -> bool:
-    if data.isascii():
-        return False
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-def _leaf_problem(value: Any) -> str | None:
-    kind = type(value)
-    if kind is float:
-        return None if math.isfinite(value) else "nonfinite"
-    if kind is str:
-        return "surrogate" if _bad_str(value) else None
-    if kind is bytes or kind is bytearray:
-        return "bytes" if _bad_bytes(value) else None
-    return None
-
-
-def _fields(value: Any) -> list[tuple[str, Any]] | None:
-    """Named children of a container or object; None for a leaf.
-
-    `bytes` in a field declared as bytes (of a model or dataclass) are left out: the type's
-    serializer owns them (`BinaryContent` stores base64 on purpose); only bytes pydantic must infer
-    (in containers, `Any` and other fields) are checked.
-    """
-    kind = type(value)
-    if kind is dict or (kind is not list and isinstance(value, dict)):
-        return [(f"[{json.dumps(str(k))}]", v) for k, v in value.items()]
-    if kind is list or kind is tuple or isinstance(value, (list, tuple, set, frozenset)):
-        return [(f"[{i}]", v) for i, v in enumerate(value)]
-    if isinstance(value, BaseModel):
-        declared = type(value).model_fields
-        named = [
-            (f".{k}", v)
-            for k, v in value.__dict__.items()
-            if not (
-                type(v) in (bytes, bytearray) and k in declared and _declares_bytes(declared[k].annotation)
-            )
-        ]
-        named.extend((f".{k}", v) for k, v in (value.__pydantic_extra__ or {}).items())
-        return named
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [
-            (f".{f.name}", v)
-            for f in dataclasses.fields(value)
-            if not (type(v := getattr(value, f.name, None)) in (bytes, bytearray) and _declares_bytes(f.type))
-        ]
-    return None
-
-
-_LEAF_KIND, _MAPPING, _SEQUENCE, _MODEL, _DATACLASS = range(5)
-_KINDS: dict[type, tuple[int, tuple[tuple[str, bool], ...]]] = {}
-
-
-def _kind_of(kind: type) -> tuple[int, tuple[tuple[str, bool], ...]]:
-    """How to find the children of instances of `kind`, cached per type (the scan's hot path)."""
-    found = _KINDS.get(kind)
-    if found is None:
-        if issubclass(kind, dict):
-            found = (_MAPPING, ())
-        elif issubclass(kind, (list, tuple, set, frozenset)):
-            found = (_SEQUENCE, ())
-        elif issubclass(kind, BaseModel):
-            found = (_MODEL, tuple((k, _declares_bytes(f.annotation)) for k, f in kind.model_fields.items()))
-        elif dataclasses.is_dataclass(kind):
-            found = (_DATACLASS, tuple((f.name, _declares_bytes(f.type)) for f in dataclasses.fields(kind)))
-        else:
-            found = (_LEAF_KIND, ())
-        if len(_KINDS) < 4096:
-            _KINDS[kind] = found
-    return found
-
-
-def _children(value: Any) -> Any:
-    """Children of a container or object (fast path of `_fields`, no names); None for a leaf."""
-    kind = type(value)
-    if kind is dict:
-        return value.values()
-    if kind is list or kind is tuple:
-        return value
-    how, fields = _kind_of(kind)
-    if how == _MAPPING:
-        return value.values()
-    if how == _SEQUENCE:
-        return value
-    if how == _LEAF_KIND:
-        return None
-    own = value.__dict__ if how == _MODEL else None
-    children = []
-    for name, typed_bytes in fields:
-        child = own.get(name) if own is not None else getattr(value, name, None)
-        if typed_bytes and type(child) in (bytes, bytearray):
-            continue  # the field's serializer owns the form of its bytes (e.g. base64)
-        children.append(child)
-    if own is not None:
-        if len(own) > len(fields):
-            declared = {name for name, _ in fields}
-            children.extend(v for k, v in own.items() if k not in declared)
-        if value.__pydantic_extra__:
-            children.extend(value.__pydantic_extra__.values())
-    return children
-
-
-def _scan(value: Any, *, sets: bool = True) -> _Problem | None:
-    """The first value JSON would not store exactly, with its path; None when there is none.
-
-    Finds NaN/inf, non-UTF-8 bytes, unpaired surrogates, and with `sets=False` sets (data the
-    application reads back, where a list is a change). The scan is iterative and cycle-safe; once it
-    finds something, `_locate` walks again to name the path.
-    """
-    kind = _leaf_problem(value)
-    if kind is not None:
-        return _Problem(value, kind)
-    if type(value) in _LEAF or type(value) is float or type(value) is str:
-        return None
-    stack = [value]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if not sets and isinstance(node, (set, frozenset)):
-            return _locate(value, sets)
-        children = _children(node)
-        if children is None:
-            continue
-        for child in children:
-            ckind = type(child)
-            if ckind is float:
-                if child != child or child == _INF or child == -_INF:
-                    return _locate(value, sets)
-            elif ckind is str:
-                if not child.isascii() and _bad_str(child):
-                    return _locate(value, sets)
-            elif ckind in _LEAF:
-                pass
-            elif ckind is bytes or ckind is bytearray:
-                if _bad_bytes(child):
-                    return _locate(value, sets)
-            else:
-                stack.append(child)
-    return None
-
-
-def _locate(value: Any, sets: bool) -> _Problem | None:
-    """The first problem in `value` with its path, e.g. `["rows"][2].score` (the error path)."""
-    seen: set[int] = set()
-
-    def walk(node: Any, path: str, depth: int) -> _Problem | None:
-        kind = _leaf_problem(node)
-        if kind is not None:
-            return _Problem(node, kind, path)
-        if not sets and isinstance(node, (set, frozenset)):
-            return _Problem(node, "set", path)
-        if depth > _MAX_DEPTH + 8 or id(node) in seen:
-            return None
-        named = _fields(node)
-        if named is None:
-            return None
-        seen.add(id(node))
-        for step, child in named:
-            found = walk(child, path + step, depth + 1)
-            if found is not None:
-                return found
-        return None
-
-    return walk(value, "", 0)
-
-
-def _refusal(execution_id: str, step: str, problem: _Problem, prefix: str = "") -> SerializationError:
-    value_type, detail = _refusal_detail(problem, prefix)
-    return SerializationError(execution_id, step, value_type, detail)
-
-
-def _refusal_detail(problem: _Problem, prefix: str = "") -> tuple[str, str]:
-    path = (prefix + problem.path).lstrip(".")
-    at = f" at {path}" if path else ""
-    value = problem.value
-    if problem.kind == "nonfinite":
-        detail = (
-            f"the number {value!r}{at} has no JSON form: JSON has no NaN or infinity and it would be "
-            f"stored as null; return None or a string instead"
-        )
-    elif problem.kind == "bytes":
-        detail = (
-            f"the {len(value)} bytes{at} are not UTF-8: they would be stored as base64 text and come back "
-            f"as a str; return base64 text yourself, or pydantic_ai.BinaryContent"
-        )
-    elif problem.kind == "surrogate":
-        bad = next(ch for ch in value if 0xD800 <= ord(ch) <= 0xDFFF)
-        detail = f"the string{at} contains the unpaired surrogate U+{ord(bad):04X}, which UTF-8 cannot encode"
-    else:
-        detail = f"the {type(value).__name__}{at} has no JSON form: it would come back as a list; use a list"
-    return _type_name(value), detail
-
-
-def _nesting_detail(value: Any) -> str:
-    depth, cyclic = _nesting(value)
-    if cyclic:
-        return "the value contains a circular reference (a container that contains itself)"
-    more = "more than " if depth > 1000 else ""
-    return (
-        f"the value is nested too deeply ({more}{min(depth, 1000)} levels of containers; JSON "
-        f"serialization stops at {_MAX_DEPTH}); flatten it"
-    )
-
-
-def _nesting(value: Any) -> tuple[int, bool]:
-    """(depth, has a cycle) of a nested structure, looking at most 1001 levels deep (error path)."""
-    deepest = 0
-    on_path: set[int] = set()
-    stack: list[tuple[Any, int, bool]] = [(value, 1, False)]
-    while stack:
-        node, depth, leaving = stack.pop()
-        if leaving:
-            on_path.discard(id(node))
-            continue
-        children = _children(node)
-        if children is None:
-            continue
-        if id(node) in on_path:
-            return depth, True
-        deepest = max(deepest, depth)
-        if depth > 1000:
-            return deepest, False
-        on_path.add(id(node))
-        stack.append((node, depth, True))
-        stack.extend((child, depth + 1, False) for child in children)
-    return deepest, False
-
-
-def _type_name(value: Any) -> str:
-    kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-class UnstorableValueError(TypeError):
-    """A durable unit's result holds a value JSON cannot store exactly (mapped to `SerializationError`)."""
-
-    def __init__(self, value_type: str, detail: str) -> None:
-        # "type <name>" first: the engine's mapper reads the value's type from the message.
-        super().__init__(f"type {value_type}: {detail}")
-        self.value_type = value_type
-        self.detail = detail
-
-
-class JournalCodec:
-    """The pydantic-ai `DurabilityCodec` of perdure's engine: `JSON_CODEC`, refusing silent changes.
-
-    pydantic-ai's `JSON_CODEC` turns a tool's NaN into `null` and non-UTF-8 bytes into base64 text
-    before perdure sees the result; this codec refuses such values instead (raising a `TypeError`
-    that the engine turns into a failed step with a `SerializationError`), and names values nested
-    too deeply as such rather than as circular references.
-    """
-
-    _json: Any = None  # pydantic-ai's JSON_CODEC, imported on first use (storage-only users skip it)
-
-    def _json_codec(self) -> Any:
-        if self._json is None:
-            from pydantic_ai.durable_exec import JSON_CODEC
-
-            self._json = JSON_CODEC
-        return self._json
-
-    def dump(self, tp: Any, value: Any) -> Any:
-        """Reduce `value` to JSON data, or raise `TypeError` saying what JSON cannot hold."""
-        problem = _scan(value)  # first: pydantic would turn these into null / base64 with warnings
-        if problem is not None:
-            raise UnstorableValueError(*_refusal_detail(problem))
-        try:
-            return self._json_codec().dump(tp, value)
-        except (PydanticSerializationError, ValueError, RecursionError) as exc:
-            text = str(exc)
-            if isinstance(exc, RecursionError) or "depth exceeded" in text or "Circular reference" in text:
-                raise UnstorableValueError(_type_name(_payload(value)), _nesting_detail(value)) from exc
-            raise
-
-    def load(self, tp: Any, payload: Any) -> Any:
-        """Rebuild the value from its JSON data (`JSON_CODEC.load`)."""
-        return self._json_codec().load(tp, payload)
-
-
-JOURNAL_CODEC = JournalCodec()
-"""The codec `PerdureDurability` gives pydantic-ai."""
-
-
-def _payload(value: Any) -> Any:
-    """The user's value inside pydantic-ai's tool-return wrapper, when there is one."""
-    if dataclasses.is_dataclass(value) and type(value).__name__ == "_ToolReturn":
-        return getattr(value, "result", value)
-    return value
 
 
 # ---- decoding ------------------------------------------------------------------------------------

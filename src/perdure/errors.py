@@ -217,8 +217,8 @@ class StorageUnavailableError(PerdureError):
     def __init__(self, backend: str, detail: str, *, execution_id: str | None = None) -> None:
         who = f" for execution {execution_id!r}" if execution_id else ""
         super().__init__(
-            f"The {backend} storage is unavailable{who}: {detail}. The last journaled step is intact; "
-            f"resume the execution once the storage is reachable again.",
+            f"The {backend} storage is unavailable{who}: {detail.rstrip('. ')}. The last journaled step is "
+            f"intact; resume the execution once the storage is reachable again.",
             execution_id=execution_id,
         )
         self.backend = backend

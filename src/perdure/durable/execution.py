@@ -40,18 +40,11 @@ class _HybridMethod(Generic[_F]):
 
 
 class DurableExecution(ExecutionHandle):
-    """A durable execution bound to a storage backend (see `ExecutionHandle` for the arguments).
+    """A durable execution bound to a storage backend, with the seed API's management methods.
 
-    Args:
-        storage: Where the head record and the journal live; in-memory when omitted.
-        auto_cleanup: Delete the execution's records once it completed (the seed's default).
-        debug: Log every checkpoint and recovery step via the `perdure` logger.
-        execution_id: Reuse a known id instead of generating `YYYYmmddHHMMSS-xxxxxxxx`.
-        worker_id: Lease owner id of this handle (default `host:pid:random`).
-        lease_ttl: Seconds the execution's lease lasts without a heartbeat.
-        wait_for_lease: Seconds to wait for another worker's lease instead of raising
-            `ExecutionLeasedError` at once (None: do not wait).
-
+    Constructed like `ExecutionHandle` (storage, auto_cleanup, debug, execution_id, worker_id,
+    lease_ttl, wait_for_lease), which runs its attempts; this class adds `get_execution_info`,
+    `list_all_executions`, `delete` and `recover_interrupted`.
     """
 
     # ---- management (seed API) -----------------------------------------------------------------
@@ -88,9 +81,9 @@ class DurableExecution(ExecutionHandle):
         """Async twin of `list_all_executions`."""
         return [head.info() for head in await storage.list_executions_async(status, limit)]
 
-    def delete(self) -> bool:
-        """Delete this execution's records."""
-        return self.storage.delete_state(self.execution_id)
+    def delete(self, *, force: bool = False) -> bool:
+        """Delete this execution's records (a running one only with `force`; see `delete_state_async`)."""
+        return self.storage.delete_state(self.execution_id, force=force)
 
     # ---- recovery ---------------------------------------------------------------------------------
 

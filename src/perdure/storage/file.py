@@ -415,7 +415,13 @@ class FileDurableStorage(DurableExecutionStorage):
         except FileNotFoundError:
             return None
         codec, payload = _unwrap(execution_id, raw.rstrip(b"\n"), step=None, location=str(head_path))
-        return decode_head(execution_id, payload, codec=codec, location=str(head_path))
+        return decode_head(
+            execution_id,
+            payload,
+            codec=codec,
+            location=str(head_path),
+            max_size=self.codec.max_decompressed_size,
+        )
 
     async def _open_locked(self, directory: Path) -> int:
         """Open the journal for appending and hold its exclusive lock (released by closing the fd).
@@ -764,7 +770,14 @@ class FileDurableStorage(DurableExecutionStorage):
             codec, payload = _unwrap(execution_id, raw, step=seq, location=location)
             try:
                 steps.append(
-                    decode_step(execution_id, seq, payload, codec=codec, location=f"{location}:{seq + 1}")
+                    decode_step(
+                        execution_id,
+                        seq,
+                        payload,
+                        codec=codec,
+                        location=f"{location}:{seq + 1}",
+                        max_size=self.codec.max_decompressed_size,
+                    )
                 )
             except CorruptRecordError:
                 found = stored_seq(payload) if codec == JSON else None

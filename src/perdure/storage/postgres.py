@@ -824,7 +824,13 @@ class PostgresDurableStorage(DurableExecutionStorage):
 
     def _decode_head(self, row: _Row) -> ExecutionRecord:
         execution_id, codec, payload, owner, expires = row
-        head = decode_head(execution_id, bytes(payload), codec=codec, location=self._location)
+        head = decode_head(
+            execution_id,
+            bytes(payload),
+            codec=codec,
+            location=self._location,
+            max_size=self.codec.max_decompressed_size,
+        )
         head.lease_owner = owner
         head.lease_expires_at = _utc(expires) if expires is not None else None
         return head
@@ -922,7 +928,14 @@ class PostgresDurableStorage(DurableExecutionStorage):
         rows = await self._query(self._sql.steps, (execution_id,), execution_id)
         check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
         return [
-            decode_step(execution_id, seq, bytes(payload), codec=codec, location=self._location)
+            decode_step(
+                execution_id,
+                seq,
+                bytes(payload),
+                codec=codec,
+                location=self._location,
+                max_size=self.codec.max_decompressed_size,
+            )
             for seq, codec, payload in rows
         ]
 

@@ -745,7 +745,13 @@ class RedisDurableStorage(DurableExecutionStorage):
     def _decode(self, execution_id: str, head: Sequence[Any], lease: Sequence[Any]) -> ExecutionRecord:
         """Decode a head hash `[c, d]` and attach the stored lease `[o, e]`; raises typed errors."""
         codec, payload = head
-        record = decode_head(execution_id, payload, codec=_text(codec), location=self._location(execution_id))
+        record = decode_head(
+            execution_id,
+            payload,
+            codec=_text(codec),
+            location=self._location(execution_id),
+            max_size=self.codec.max_decompressed_size,
+        )
         owner, expires = lease
         record.lease_owner = _text(owner) if owner is not None else None
         record.lease_expires_at = _from_micros(expires) if owner is not None and expires else None
@@ -759,6 +765,7 @@ class RedisDurableStorage(DurableExecutionStorage):
             payload,
             codec=codec.decode(errors="replace"),
             location=f"{self._where} key {self._keys.journal(execution_id)}",
+            max_size=self.codec.max_decompressed_size,
         )
 
     # ---- contract -----------------------------------------------------------------------------------

@@ -397,7 +397,13 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         lease_owner: str | None = None,
         lease_expires: float | None = None,
     ) -> ExecutionRecord:
-        head = decode_head(execution_id, payload, codec=codec, location=self._location)
+        head = decode_head(
+            execution_id,
+            payload,
+            codec=codec,
+            location=self._location,
+            max_size=self.codec.max_decompressed_size,
+        )
         head.lease_owner = lease_owner
         head.lease_expires_at = _from_epoch(lease_expires)
         return head
@@ -574,7 +580,14 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         rows = self._read(self._sql_load_steps, (execution_id,), execution_id)
         check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
         return [
-            decode_step(execution_id, seq, payload, codec=codec, location=self._location)
+            decode_step(
+                execution_id,
+                seq,
+                payload,
+                codec=codec,
+                location=self._location,
+                max_size=self.codec.max_decompressed_size,
+            )
             for seq, codec, payload in rows
         ]
 
