@@ -8,10 +8,12 @@ different prompt on resume went unnoticed; a completed handle silently ran a sec
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from conftest import PERSISTENT, make_factory
 from perdure import Agent, DurableExecution, Task, tool
 from perdure.durable import PerdureDurability
 from perdure.durable.recovery import recover_interrupted_async
@@ -112,9 +115,12 @@ def _reset() -> None:
     CALLS.clear()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> DurableExecutionStorage:
-    return SQLiteDurableStorage(tmp_path / "identity.db")
+@pytest.fixture(params=PERSISTENT)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DurableExecutionStorage]:
+    """Every persistent backend: the identity travels in the head each of them stores."""
+    storage = make_factory(request.param, tmp_path, request)()
+    yield storage
+    storage.close()
 
 
 def _unchanged(storage: DurableExecutionStorage, execution_id: str, before: Any) -> None:
@@ -443,3 +449,51 @@ def test_an_unregistered_model_instance_says_what_to_pass() -> None:
     assert DurableExecution(InMemoryDurableStorage()).run_agent(registered, "hi", model=other).output == (
         "from other"
     )
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/typo.db", "file://{tmp}/typo-states"])
+def test_resuming_on_a_storage_that_does_not_exist_names_it_and_creates_nothing(
+    url: str, tmp_path: Path
+) -> None:
+    from perdure.errors import StorageNotFoundError
+    from perdure.storage import storage_from_url
+
+    storage = storage_from_url(url.format(tmp=tmp_path))
+    with pytest.raises(StorageNotFoundError, match="typo"):
+        Agent("perdure:scripted").continue_durable("20261130000000-abcdef12", storage)
+    with pytest.raises(StorageNotFoundError):
+        DurableExecution.list_all_executions(storage)
+    with pytest.raises(StorageNotFoundError):
+        DurableExecution.get_execution_info("20261130000000-abcdef12", storage)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_worker_refuses_a_tampered_record_once_and_runs_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`perdure worker` path: a record naming `os:system` is refused, nothing runs, and it is not
+    retried every poll until its head changes."""
+    from perdure.durable.worker import Worker
+    from perdure.records import ToolRef
+
+    storage = SQLiteDurableStorage(tmp_path / "tamper.db")
+    durable = DurableExecution(storage, auto_cleanup=False)
+    CRASH_AT.add("book")
+    with pytest.raises(Crash):
+        await Agent("perdure:scripted", name="trips").do_async(
+            Task("fetch 'x' then book it", tools=[fetch, book], durable_execution=durable)
+        )
+    CRASH_AT.clear()
+    _tamper(storage, durable.execution_id, tools=[ToolRef(name="system", ref="os:system")])
+    worker = Worker(storage, Agent("perdure:scripted", name="trips"), poll_interval=0.05, min_idle=0)
+    task = asyncio.create_task(worker.run_async())
+    await asyncio.sleep(0.6)  # about ten polls
+    worker.stop()
+    report = await task
+    assert report.failed[durable.execution_id].startswith("refused: ToolNotFoundError")
+    assert durable.execution_id in report.refused
+    assert CALLS["book"] == 0 and CALLS["fetch"] == 1
+    head = storage.load_state(durable.execution_id)
+    assert head is not None and head.status is ExecutionStatus.SUCCESS and head.attempts == 1
+    refusals = [r for r in caplog.records if "refused:" in r.getMessage()]
+    assert len(refusals) == 1  # about ten polls, one attempt: not retried until the head changes

@@ -20,6 +20,7 @@ def _step(execution_id: str, seq: int) -> StepRecord:
 
 
 async def test_acquire_unknown_execution_is_not_found(storage: DurableExecutionStorage) -> None:
+    await storage.save_state_async(ExecutionRecord(execution_id="exec-other"))  # the storage exists
     with pytest.raises(ExecutionNotFoundError, match="exec-none"):
         await storage.acquire_lease_async("exec-none", "w1", 30)
 

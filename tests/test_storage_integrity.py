@@ -330,7 +330,7 @@ async def test_reads_of_a_missing_storage_create_nothing(kind: str, tmp_path: Pa
         with pytest.raises(StorageNotFoundError) as info:
             await read
         assert info.value.backend == kind and info.value.location == location
-    with pytest.raises(ExecutionNotFoundError):
+    with pytest.raises(StorageNotFoundError):  # what a resume does first: the storage is named
         await store.acquire_lease_async("x", "w1", 30)
     with pytest.raises(LeaseLostError):
         await store.renew_lease_async("x", "w1", 30)

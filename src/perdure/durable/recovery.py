@@ -37,22 +37,26 @@ import logging
 import uuid
 from collections.abc import Awaitable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
 
 from ..errors import (
+    CorruptRecordError,
     ExecutionCompletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
     NonIdempotentReplayError,
     PerdureError,
+    ToolNotFoundError,
+    UnregisteredReferenceError,
     UserError,
 )
 from ..records import ErrorInfo, ExecutionRecord, ExecutionStatus, utcnow
 from ..storage.base import DurableExecutionStorage
 from .engine import AgentFactory, ExecutionHandle, ResumeTarget
-from .identity import normalize_allow_changes
+from .identity import IdentityError, normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
 
 __all__ = [
@@ -74,6 +78,9 @@ AgentResolver = Any
 
 Agents (alone, in a list or in a mapping) serve the executions recorded under their name: a worker
 never resumes another agent's execution. A callable decides by itself."""
+
+_REFUSALS = (IdentityError, ToolNotFoundError, UnregisteredReferenceError, CorruptRecordError)
+"""Errors that refuse a resume before anything runs; the same program resuming again cannot help."""
 
 _NEVER_RECOVERED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.CANCELLED, ExecutionStatus.PAUSED})
 
@@ -105,6 +112,9 @@ class RecoveryReport:
     """Not resumed, with the reason: leased elsewhere, not idle long enough, ..."""
     not_served: dict[str, str] = field(default_factory=dict)
     """Left alone because no agent of this worker serves them: execution id -> recorded agent name."""
+    refused: dict[str, datetime] = field(default_factory=dict)
+    """Among `failed`: refused before anything ran (identity mismatch, unregistered code, corrupt
+    journal), with the head's `updated_at` then. A worker does not retry them until the head changes."""
 
     def merge(self, other: RecoveryReport) -> None:
         """Add another report's outcomes; a later outcome of an execution replaces an earlier skip."""
@@ -116,6 +126,9 @@ class RecoveryReport:
         done = {*self.recovered, *self.paused, *self.failed}
         self.skipped.update({k: v for k, v in other.skipped.items() if k not in done})
         self.not_served.update({k: v for k, v in other.not_served.items() if k not in done})
+        for execution_id in [*other.recovered, *other.paused]:
+            self.refused.pop(execution_id, None)
+        self.refused.update(other.refused)
 
     def __str__(self) -> str:
         return (
@@ -409,6 +422,13 @@ async def _recover_leased(
     except NonIdempotentReplayError as exc:
         logger.warning("[%s] paused: %s", execution_id, exc)
         report.paused.append(execution_id)
+    except _REFUSALS as exc:
+        # Refused before anything ran (code that does not match the journal, a record naming code
+        # this program did not register, a damaged journal): the head is unchanged, and resuming
+        # it again with the same program cannot help. Reported as failed, and remembered by workers.
+        logger.error("[%s] refused: %s: %s", execution_id, type(exc).__name__, exc)
+        report.failed[execution_id] = f"refused: {type(exc).__name__}: {exc}"
+        report.refused[execution_id] = head.updated_at
     except Exception as exc:
         logger.error("[%s] recovery failed: %s: %s", execution_id, type(exc).__name__, exc)
         report.failed[execution_id] = f"{type(exc).__name__}: {exc}"

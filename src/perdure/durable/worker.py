@@ -239,6 +239,9 @@ class Worker:
             logger.error("listing executions failed: %s", exc)
             return []
         self.report.merge(RecoveryReport(skipped=skipped))
+        refused = self.report.refused
+        # Refused before anything ran (see RecoveryReport.refused): not again until the head changes.
+        candidates = [h for h in candidates if refused.get(h.execution_id) != h.updated_at]
         if candidates:
             logger.info("found %d interrupted execution(s)", len(candidates))
         return candidates

@@ -176,7 +176,9 @@ class DurableExecutionStorage(ABC):
         extended), or the holder is exactly `steal_from` (a compare-and-swap the engine uses to take
         over from a worker it knows is dead, e.g. a process of this host that no longer exists).
         Returns the head with the new lease. Raises `ExecutionNotFoundError` when the execution has
-        no head and `ExecutionLeasedError` when another owner holds an unexpired lease.
+        no head, `StorageNotFoundError` when the storage itself does not exist (a file or directory
+        backend; nothing is created), and `ExecutionLeasedError` when another owner holds an
+        unexpired lease.
         """
 
     @abstractmethod

@@ -519,6 +519,7 @@ class FileDurableStorage(DurableExecutionStorage):
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
     ) -> ExecutionRecord:
         ttl = self._check_ttl(ttl_seconds)
+        self._require_root()  # a storage that does not exist: StorageNotFoundError, nothing created
         try:
             locked = await self._locked_existing(execution_id)
             if locked is None:

@@ -485,10 +485,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
     ) -> ExecutionRecord:
         ttl = self._check_ttl(ttl_seconds)
-        try:
-            self._ready(create=False)
-        except StorageNotFoundError as exc:
-            raise self._not_found(execution_id) from exc
+        self._ready(create=False)  # a storage that does not exist: StorageNotFoundError, nothing created
 
         def acquire(conn: sqlite3.Connection) -> ExecutionRecord:
             row = conn.execute(self._sql_lease_get, (execution_id,)).fetchone()
