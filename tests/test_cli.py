@@ -29,7 +29,7 @@ import worker_app
 from perdure import Agent
 from perdure.cli import app, build_resolver, safe_text, summarize_report
 from perdure.durable.recovery import RecoveryReport
-from perdure.errors import StorageNotFoundError, StorageUnavailableError
+from perdure.errors import ExecutionNotFoundError, StorageNotFoundError, StorageUnavailableError
 from perdure.models import ScriptedModel
 from perdure.records import (
     ErrorInfo,
@@ -70,6 +70,9 @@ class FakeStorage:
     """Just what the CLI reads; `fail` makes every read raise it."""
 
     backend_name = "fake"
+
+    def not_found_error(self, execution_id: str) -> ExecutionNotFoundError:
+        return ExecutionNotFoundError(execution_id, backend=self.backend_name, where="(fake)")
 
     def __init__(
         self,

@@ -591,12 +591,11 @@ def show(
     async def load(store: DurableExecutionStorage) -> tuple[ExecutionRecord | None, list[Any], str]:
         head = await store.load_state_async(execution_id)
         journal = await store.load_steps_async(execution_id) if head is not None else []
-        return head, journal, getattr(store, "backend_name", "")
+        return head, journal, str(store.not_found_error(execution_id)) if head is None else ""
 
-    head, journal, backend = _query(storage, load)
+    head, journal, missing = _query(storage, load)
     if head is None:
-        where = f" in this {backend} storage" if backend else ""
-        typer.echo(f"error: execution {safe_text(repr(execution_id))} not found{where}", err=True)
+        typer.echo(f"error: {safe_text(missing)}", err=True)
         raise typer.Exit(EXIT_FAILURE)
     entries = [
         {
