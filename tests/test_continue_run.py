@@ -295,8 +295,9 @@ def test_continue_run_misuse(tmp_path: Path) -> None:
         Agent("perdure:scripted").continue_run(run_id="20260101000000-00000000")
     with pytest.raises(UserError, match="no db"):
         Agent("perdure:scripted").do(Task("x", durable_execution_id="20260101000000-00000000"))
-    with pytest.raises(perdure.errors.ExecutionNotFoundError):
+    with pytest.raises(perdure.errors.StorageNotFoundError):  # nothing ran there yet: no database file
         agent.continue_run(run_id="20260101000000-00000000")
+    assert not (tmp_path / "durable.db").exists()
     assert agent._agent_run_output is not None
     assert agent._agent_run_output.run_id == "20260101000000-00000000"
     durable = DurableExecution(InMemoryDurableStorage())
