@@ -57,6 +57,15 @@ if SRC.is_dir():
     sys.path.insert(0, str(SRC))
 
 import crash_fuzz_app as app  # noqa: E402
+from perdure.durable.keys import (  # noqa: E402
+    TOOL,
+    call_key,
+    is_decision_for,
+    is_started_marker_for,
+    legacy_call_key,
+    parse_call_key,
+    started_key,
+)
 from perdure.errors import PerdureError  # noqa: E402
 from perdure.records import ExecutionRecord, ExecutionStatus, StepKind, StepRecord  # noqa: E402
 from perdure.storage import DurableExecutionStorage, storage_from_url  # noqa: E402
@@ -322,7 +331,9 @@ class JournalView:
     def tool_ids(self) -> frozenset[str]:
         """Tool call ids with a journaled result (keys are `tool:<model response ordinal>/<id>`)."""
         return frozenset(
-            s.key.removeprefix("tool:").split("/", 1)[-1] for s in self.steps if s.kind is StepKind.TOOL_CALL
+            parsed.tool_call_id
+            for s in self.steps
+            if s.kind is StepKind.TOOL_CALL and (parsed := parse_call_key(s.key)) is not None
         )
 
     def call_keys(self) -> dict[str, str]:
@@ -334,7 +345,7 @@ class JournalView:
                 responses += 1
                 for part in step.result.get("parts", []):
                     if part.get("part_kind") == "tool-call":
-                        keys[part["tool_call_id"]] = f"tool:{responses}/{part['tool_call_id']}"
+                        keys[part["tool_call_id"]] = call_key(TOOL, responses, part["tool_call_id"])
         return keys
 
     def tools_named(self, name: str) -> int:
@@ -469,14 +480,18 @@ class Fuzzer:
         for call in head.pending.calls:
             if call.tool_name != app.NON_IDEMPOTENT_TOOL:
                 raise RuntimeError(f"unexpected interrupted tool {call.tool_name!r}")
-            call_key = view.call_keys().get(call.tool_call_id, f"tool:{call.tool_call_id}")
-            if f"{head.execution_id}:{call_key}" in sent:
+            unit_key = view.call_keys().get(call.tool_call_id, legacy_call_key(TOOL, call.tool_call_id))
+            if f"{head.execution_id}:{unit_key}" in sent:
                 result = app.email_result(**call.args)
                 decisions[call.tool_call_id] = {"action": "done", "result": result}
             else:
                 decisions[call.tool_call_id] = {"action": "rerun"}
             self.summary.resolutions[decisions[call.tool_call_id]["action"]] += 1
-            about = [s for s in view.steps if s.key.split(":", 1)[-1].startswith(call_key)]
+            about = [
+                s
+                for s in view.steps
+                if is_started_marker_for(s.key, unit_key) or is_decision_for(s.key, unit_key)
+            ]
             if about and about[-1].kind is StepKind.DECISION:
                 self.summary.decisions_asked_again += 1
         return decisions
@@ -639,7 +654,7 @@ class Fuzzer:
         call_keys = view.call_keys()
         nonidem_ids = [i for name, i in asked if name == app.NON_IDEMPOTENT_TOOL]
         for call_id in nonidem_ids:
-            markers = keys[f"started:{call_keys[call_id]}"]
+            markers = keys[started_key(call_keys[call_id])]
             if markers != 1:
                 violations.append(f"non-idempotent call {call_id} has {markers} started markers")
         # External effects.

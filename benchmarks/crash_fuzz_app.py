@@ -1,23 +1,29 @@
 """Subprocess side of the crash-fuzz harness (`benchmarks/crash_fuzz.py`).
 
 One *job* runs one attempt of one durable execution of a deterministic multi-tool agent and may
-`SIGKILL` itself at a point chosen by the harness (the job's kill plan). The kill points are
-injected from here, without any hook in perdure's production code:
+`SIGKILL` itself at a point chosen by the harness (the job's kill plan: a kind and `n`, the n-th
+hit in this process). Every kind but ``delay`` is one of perdure's named fault points
+(`perdure._faults`), armed through `PERDURE_FAULT` (`FAULT_POINTS` maps kinds to points):
 
 - ``delay``: a timer thread kills the process after a random delay;
-- ``model``: inside the N-th model request of this process, before it answers;
+- ``model``: in the N-th live model request of this process, answered but not journaled
+  (``inside_model_request``);
 - ``idem-before`` / ``idem-after``: in the N-th call of the idempotent tool, before its external
-  effect, or after the effect and before the tool returns (the at-least-once window);
+  effect (``before_tool_call``), or after the effect and before the tool returns (the tool passes
+  ``after_tool_side_effect``: the at-least-once window);
 - ``nonidem-before`` / ``nonidem-after``: the same for the non-idempotent tool;
-- ``pure``: inside the N-th call of a pure tool;
-- ``append-before`` / ``append-after`` / ``save-before`` / ``save-after``: around the N-th
-  `append_step_async` / `save_state_async` call, through a delegating storage wrapper;
-- ``lease-after``: right after the lease was acquired (the next process must take it over);
-- ``file-head`` (file backend): in the N-th head replacement (`os.replace` of head.json), i.e. after
+- ``pure``: when the N-th call of a pure tool starts;
+- ``append-before`` / ``append-after`` / ``save-before`` / ``save-after``: around the N-th journal
+  write (``before/after_journal_write``) or head-only write (``before/after_head_save``);
+- ``lease-after``: right after the lease was acquired (``after_lease_acquire``; the next process
+  must take it over);
+- ``file-head`` (file backend): in the N-th head replacement (``before_head_replace``), i.e. after
   the journal line was fsync'd and before the head moved: the journal is one entry ahead;
-- ``file-torn`` (file backend): the N-th journal append writes half its line, then dies (what a
-  power cut can leave; a SIGKILL alone cannot tear one `write`);
-- ``sqlite-commit`` (SQLite backend): inside the N-th write transaction, before `COMMIT`.
+- ``file-torn`` (file backend): the N-th journal append writes half its line, then dies
+  (``before_journal_line`` with action ``torn``: what a power cut can leave; a SIGKILL alone
+  cannot tear one `write`);
+- ``sqlite-commit`` (SQLite backend): inside the N-th write transaction, before `COMMIT`
+  (``before_commit``).
 
 The agent (`build_agent`) is a pydantic-ai `Agent` with `PerdureDurability` and a `FunctionModel`
 that makes 9 model requests and 14 tool calls, several per response:
@@ -49,7 +55,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -57,7 +62,6 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +76,12 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from perdure import _faults
 from perdure.durable import DurableExecution, PerdureDurability
 from perdure.durable.decisions import ToolResolution
 from perdure.durable.journal import current_step
 from perdure.errors import ExecutionLeasedError, NonIdempotentReplayError
-from perdure.records import ExecutionRecord, StepRecord
-from perdure.storage import DurableExecutionStorage, storage_from_url
+from perdure.storage import storage_from_url
 
 PROMPT = "Price the order, charge it in parts, and send the confirmation e-mails."
 AGENT_NAME = "crash_fuzz_shop"
@@ -181,6 +185,24 @@ class FakePaymentAPI:
 
 # ---- kill points ---------------------------------------------------------------------------------
 
+FAULT_POINTS: dict[str, str] = {
+    "model": "inside_model_request",
+    "idem-before": f"before_tool_call@{IDEMPOTENT_TOOL}",
+    "idem-after": f"after_tool_side_effect@{IDEMPOTENT_TOOL}",
+    "nonidem-before": f"before_tool_call@{NON_IDEMPOTENT_TOOL}",
+    "nonidem-after": f"after_tool_side_effect@{NON_IDEMPOTENT_TOOL}",
+    "pure": "before_tool_call@" + "|".join(PURE_TOOLS),
+    "append-before": "before_journal_write",
+    "append-after": "after_journal_write",
+    "save-before": "before_head_save",
+    "save-after": "after_head_save",
+    "lease-after": "after_lease_acquire",
+    "file-head": "before_head_replace",
+    "file-torn": "before_journal_line",
+    "sqlite-commit": "before_commit",
+}
+"""The fault point (`perdure._faults`) of every kill kind but `delay`; `file-torn` uses action `torn`."""
+
 
 @dataclass
 class KillPlan:
@@ -190,29 +212,23 @@ class KillPlan:
     n: int = 1
     delay: float = 0.0
 
+    def fault_spec(self) -> str:
+        """The plan in the `PERDURE_FAULT` vocabulary ("" for `delay`, which is a timer)."""
+        if self.kind == "delay":
+            return ""
+        return f"{FAULT_POINTS[self.kind]}:{self.n}:{'torn' if self.kind == 'file-torn' else 'kill'}"
 
-class Killer:
-    """Counts kill points as the process passes them and `SIGKILL`s the process at the planned one."""
 
-    def __init__(self, plan: KillPlan | None) -> None:
-        self.plan = plan
-        self.seen: dict[str, int] = {}
-
-    def point(self, kind: str) -> None:
-        """Pass kill point `kind`; die here if it is the planned occurrence."""
-        count = self.seen.get(kind, 0) + 1
-        self.seen[kind] = count
-        if self.plan is not None and self.plan.kind == kind and self.plan.n == count:
-            die()
-
-    def arm_timer(self) -> threading.Timer | None:
-        """Start the delayed kill of a `delay` plan."""
-        if self.plan is None or self.plan.kind != "delay":
-            return None
-        timer = threading.Timer(self.plan.delay, die)
-        timer.daemon = True
-        timer.start()
-        return timer
+def arm(plan: KillPlan | None) -> threading.Timer | None:
+    """Arm this process's kill plan: through `PERDURE_FAULT`, or a timer for a `delay` plan."""
+    os.environ[_faults.ENV_VAR] = plan.fault_spec() if plan is not None else ""
+    _faults.load_env()
+    if plan is None or plan.kind != "delay":
+        return None
+    timer = threading.Timer(plan.delay, die)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def die() -> None:
@@ -224,7 +240,6 @@ def die() -> None:
 class _State:
     """Per-process context of the running job (each job runs in its own process)."""
 
-    killer: Killer = Killer(None)
     ledgers: Path = Path(".")
     proc: str = "p?"
     payments: FakePaymentAPI = FakePaymentAPI(Path(PAYMENTS_LEDGER))
@@ -235,102 +250,6 @@ def _trace(*fields: object) -> None:
     _append_line(_State.ledgers / TRACE_FILE, " ".join([_State.proc, *map(str, fields)]), fsync=False)
 
 
-class KillingStorage(DurableExecutionStorage):
-    """Delegates every call to the real storage; dies before/after the N-th journal or head write."""
-
-    def __init__(self, inner: DurableExecutionStorage, killer: Killer) -> None:
-        self.inner = inner
-        self.killer = killer
-        self.backend_name = inner.backend_name  # type: ignore[misc]
-        self.journal_may_lead_head = inner.journal_may_lead_head  # type: ignore[misc]
-
-    async def save_state_async(self, record: ExecutionRecord) -> None:
-        self.killer.point("save-before")
-        await self.inner.save_state_async(record)
-        self.killer.point("save-after")
-
-    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
-        self.killer.point("append-before")
-        await self.inner.append_step_async(record, step)
-        self.killer.point("append-after")
-
-    async def acquire_lease_async(
-        self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
-    ) -> ExecutionRecord:
-        head = await self.inner.acquire_lease_async(execution_id, owner, ttl_seconds, steal_from=steal_from)
-        self.killer.point("lease-after")
-        return head
-
-    async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
-        return await self.inner.load_state_async(execution_id)
-
-    async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:
-        return await self.inner.delete_state_async(execution_id, force=force)
-
-    async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
-        return await self.inner.load_steps_async(execution_id)
-
-    async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
-        return await self.inner._iter_heads_async()
-
-    async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
-        return await self.inner.renew_lease_async(execution_id, owner, ttl_seconds)
-
-    async def release_lease_async(self, execution_id: str, owner: str) -> bool:
-        return await self.inner.release_lease_async(execution_id, owner)
-
-    async def close_async(self) -> None:
-        await self.inner.close_async()
-
-
-def _patch_file_backend(killer: Killer) -> None:
-    """Kill points inside `FileDurableStorage`'s writes, by wrapping the functions it calls."""
-    from perdure.storage import file as file_backend
-
-    real_replace = os.replace
-    real_write_all = file_backend._write_all
-
-    def replace(src: Any, dst: Any, **kwargs: Any) -> None:
-        if os.path.basename(os.fspath(dst)) == file_backend.HEAD_FILE:
-            killer.point("file-head")
-        real_replace(src, dst, **kwargs)
-
-    def write_all(fd: int, data: bytes) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(file_backend.JOURNAL_FILE):
-            count = killer.seen.get("file-torn", 0) + 1
-            plan = killer.plan
-            if plan is not None and plan.kind == "file-torn" and plan.n == count:
-                os.write(fd, data[: max(1, len(data) // 2)])
-            killer.point("file-torn")
-        real_write_all(fd, data)
-
-    os.replace = replace
-    file_backend._write_all = write_all
-
-
-def _patch_sqlite_backend(killer: Killer) -> None:
-    """A kill point inside every SQLite write transaction, just before its `COMMIT`."""
-    from perdure.storage import sqlite as sqlite_backend
-
-    class KillingConnection(sqlite3.Connection):
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql == "COMMIT" and self.in_transaction:
-                killer.point("sqlite-commit")
-            return super().execute(sql, *args)
-
-    class SQLite3Module:
-        """`sqlite3` as the backend sees it: the same, except connections count their commits."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(sqlite3, name)
-
-        @staticmethod
-        def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-            return sqlite3.connect(*args, factory=KillingConnection, **kwargs)
-
-    setattr(sqlite_backend, "sqlite3", SQLite3Module())  # noqa: B010 - the module's global, not an API
-
-
 # ---- the agent ------------------------------------------------------------------------------------
 
 ITEMS = (("widget", 3), ("gadget", 1), ("doohickey", 2))
@@ -339,14 +258,12 @@ ITEMS = (("widget", 3), ("gadget", 1), ("doohickey", 2))
 async def lookup_price(sku: str) -> int:
     """Unit price of `sku` in cents (pure)."""
     _trace("tool", "lookup_price", current_step().tool_call_id)
-    _State.killer.point("pure")
     return 100 + int(hashlib.sha256(sku.encode()).hexdigest()[:4], 16) % 900
 
 
 async def compute_tax(amount: int) -> int:
     """Sales tax on `amount` cents (pure)."""
     _trace("tool", "compute_tax", current_step().tool_call_id)
-    _State.killer.point("pure")
     return amount * 8 // 100
 
 
@@ -354,9 +271,8 @@ async def charge_card(order_id: str, amount: int) -> dict[str, Any]:
     """Charge `amount` cents for `order_id` through an API that deduplicates by idempotency key."""
     step = current_step()
     _trace("tool", IDEMPOTENT_TOOL, step.tool_call_id)
-    _State.killer.point("idem-before")
     receipt = _State.payments.charge(step.idempotency_key, order_id, amount)
-    _State.killer.point("idem-after")
+    _faults.point("after_tool_side_effect", IDEMPOTENT_TOOL)
     return receipt
 
 
@@ -364,10 +280,9 @@ async def send_email(to: str, subject: str) -> str:
     """Send an e-mail; not idempotent: every call sends one more message."""
     step = current_step()
     _trace("tool", NON_IDEMPOTENT_TOOL, step.tool_call_id)
-    _State.killer.point("nonidem-before")
     entry = {"key": step.idempotency_key, "call": step.tool_call_id, "to": to, "subject": subject}
     _append_line(_State.ledgers / EMAILS_LEDGER, json.dumps(entry), fsync=True)
-    _State.killer.point("nonidem-after")
+    _faults.point("after_tool_side_effect", NON_IDEMPOTENT_TOOL)
     return email_result(to, subject)
 
 
@@ -428,7 +343,6 @@ def _script(messages: list[ModelMessage]) -> list[ToolCallPart] | str:
 async def _respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     index = 1 + sum(1 for m in messages if isinstance(m, ModelResponse))
     _trace("model", index)
-    _State.killer.point("model")
     decision = _script(messages)
     if isinstance(decision, str):
         return ModelResponse(parts=[TextPart(decision)])
@@ -489,9 +403,8 @@ def _resolutions(raw: dict[str, dict[str, Any]]) -> dict[str, ToolResolution]:
     return out
 
 
-async def _run_job_async(job: Job, killer: Killer) -> dict[str, Any]:
-    inner = storage_from_url(job.url)
-    storage = KillingStorage(inner, killer)
+async def _run_job_async(job: Job) -> dict[str, Any]:
+    storage = storage_from_url(job.url)
     agent = build_agent()
     durable = DurableExecution(storage, execution_id=job.execution_id, auto_cleanup=False)
     started = time.perf_counter()
@@ -511,7 +424,7 @@ async def _run_job_async(job: Job, killer: Killer) -> dict[str, Any]:
     except ExecutionLeasedError as exc:
         return {"status": "leased", "error": str(exc)}
     finally:
-        await inner.close_async()
+        await storage.close_async()
 
 
 def run_job(job: Job, *, alarm: bool = True) -> dict[str, Any]:
@@ -520,21 +433,15 @@ def run_job(job: Job, *, alarm: bool = True) -> dict[str, Any]:
     With `alarm`, a job still running after `JOB_TIMEOUT` seconds dies of `SIGALRM` (a hang).
     """
     plan = KillPlan(**job.plan) if job.plan else None
-    killer = Killer(plan)
-    _State.killer = killer
     _State.ledgers = Path(job.ledgers)
     _State.proc = job.proc
     _State.payments = FakePaymentAPI(_State.ledgers / PAYMENTS_LEDGER)
     _State.ledgers.mkdir(parents=True, exist_ok=True)
-    if job.backend == "file":
-        _patch_file_backend(killer)
-    elif job.backend == "sqlite":
-        _patch_sqlite_backend(killer)
     if alarm:
         signal.alarm(JOB_TIMEOUT)  # a hung child dies of SIGALRM, which the harness reports
-    timer = killer.arm_timer()
+    timer = arm(plan)
     try:
-        return asyncio.run(_run_job_async(job, killer))
+        return asyncio.run(_run_job_async(job))
     except Exception as exc:
         return {
             "status": "error",
@@ -578,7 +485,7 @@ def _warm_up() -> None:
         result = run_job(job, alarm=False)
     if result.get("status") != "completed":
         raise RuntimeError(f"warm-up run failed: {result}")
-    _State.killer = Killer(None)
+    _faults.disarm()
 
 
 def _fork_job(line: str) -> dict[str, Any]:

@@ -4,19 +4,19 @@ Used by the crash tests: `python tests/crash_app.py start|resume STORAGE_URL EXE
 Every model request and every tool side effect appends one line to the LEDGER file (fsync'd before
 the kill can happen), so the parent test can count exactly what ran in which process.
 
-`CRASH_AT` selects the kill point (`SIGKILL` to itself, like the OOM killer or `kill -9`):
-- `model:N`         during model request N of this process, before it answers;
-- `effect:TOOL`     after TOOL's side effect, before its result is journaled;
-- `before:TOOL`     when TOOL starts, before its side effect (e.g. the 2nd call of one response);
-- `raise:TOOL`      TOOL raises an exception (no side effect): the process exits with an error.
-`CALLS_PER_RESPONSE` puts several tool calls into one model response.
+Crash points are perdure's named fault points, armed with `PERDURE_FAULT` (see `perdure._faults`):
+- `inside_model_request:N`               model request N of this process answered, not journaled;
+- `after_tool_side_effect@TOOL`          after TOOL's side effect (the tool passes this point),
+                                         before its result is journaled;
+- `before_tool_call@TOOL`                when TOOL starts, before its side effect;
+- `before_tool_call@TOOL:raise:ConnectionError`  TOOL fails (no side effect): the process exits 1.
+`CALLS_PER_RESPONSE` puts several tool calls into one model response; `SLOW_TOOLS` slows each tool.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,13 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from perdure import Agent, DurableExecution, Task, tool
+from perdure import Agent, DurableExecution, Task, _faults, tool
 from perdure.models import ScriptedModel
 from perdure.storage import storage_from_url
 
 PROMPT = "Fetch the data from 'database.csv', validate it, transform it and store the results."
 LEDGER = os.environ.get("LEDGER", "")
-CRASH_AT = os.environ.get("CRASH_AT", "")
 PHASE = os.environ.get("PHASE", "")
 
 
@@ -41,19 +40,10 @@ def _ledger(event: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _maybe_die(point: str) -> None:
-    if point == CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _tool_effect(name: str) -> None:
     time.sleep(float(os.environ.get("SLOW_TOOLS", "0")))
-    _maybe_die(f"before:{name}")
-    if f"raise:{name}" == CRASH_AT:
-        _ledger(f"fail {name}")
-        raise ConnectionError(f"{name}: upstream reset the connection")
     _ledger(f"tool {name}")
-    _maybe_die(f"effect:{name}")
+    _faults.point("after_tool_side_effect", name)
 
 
 @tool
@@ -91,7 +81,6 @@ TOOLS = [fetch_data, validate_data, transform_data, store_results]
 def _model() -> ScriptedModel:
     def on_request(n: int) -> None:
         _ledger(f"model {n}")
-        _maybe_die(f"model:{n}")
 
     return ScriptedModel(
         calls_per_response=int(os.environ.get("CALLS_PER_RESPONSE", "1")), on_request=on_request

@@ -7,8 +7,9 @@ execution are the same in every process.
 
 Side effects go to files, never to memory, so that the parent test can count what ran in which
 process: every tool effect and every live model request appends one line to `$LEDGER` (fsync'd
-before a kill can happen). `CRASH_AT=effect:TOOL` SIGKILLs the process right after TOOL's effect,
-before its result is journaled. `$API_FILE` is a fake external API that deduplicates requests by
+before a kill can happen). Every tool passes perdure's fault point `after_tool_side_effect` right
+after its effect, so `PERDURE_FAULT=after_tool_side_effect@TOOL` SIGKILLs the process there, before
+the result is journaled. `$API_FILE` is a fake external API that deduplicates requests by
 idempotency key.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +35,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from perdure import Agent, Task, tool
+from perdure import Agent, Task, _faults, tool
 from perdure.db import SqliteDatabase
 from perdure.durable.journal import current_step
 
@@ -64,14 +64,9 @@ def read_ledger(path: Path) -> list[str]:
     return [line.split(" ", 1)[1] for line in path.read_text().splitlines()]
 
 
-def _maybe_die(point: str) -> None:
-    if os.environ.get("CRASH_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _effect(name: str, detail: str = "") -> None:
     ledger(f"tool {name}{' ' + detail if detail else ''}")
-    _maybe_die(f"effect:{name}")
+    _faults.point("after_tool_side_effect", name)
 
 
 # ---- tools --------------------------------------------------------------------------------------
@@ -115,7 +110,7 @@ def book(room: str) -> str:
     if key not in bookings:  # the external API applies a key's request once
         bookings[key] = room
         api.write_text(json.dumps(bookings))
-    _maybe_die("effect:book")
+    _faults.point("after_tool_side_effect", "book")
     return f"booked {room} (booking {len(bookings)})"
 
 

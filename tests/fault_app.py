@@ -9,18 +9,16 @@ Environment of the subprocess:
 - `LEDGER`: file that gets one fsync'd line per tool side effect (`<PHASE> tool <name>`);
 - `PHASE`: label written to the ledger (`start`, `resume`, ...);
 - `MAX_RETRIES`, `RETRY_DELAY`: the model requests' `RetryPolicy`;
-- `KILL_AFTER_ATTEMPT=N`: SIGKILL itself right after failed attempt N was journaled (inside the
-  retry loop, before the back-off sleep), detected through perdure's structured retry log record;
-- `KILL_BEFORE_TOOL=NAME`: SIGKILL itself when tool NAME starts, before its side effect;
+- `PERDURE_FAULT`: perdure's named fault points (`perdure._faults`), e.g.
+  `after_journal_write@attempt:N` (SIGKILL right after failed attempt N was journaled, before the
+  back-off sleep) or `before_tool_call@NAME` (SIGKILL when tool NAME starts, before its effect);
 - `LEASE_TTL`: lease time of the execution, short so a resume need not wait long for a dead worker.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
 import sys
 from collections import Counter
 from typing import Any
@@ -28,8 +26,8 @@ from typing import Any
 from pydantic_ai import Agent
 
 from openai_server import Reply, call, text
-from perdure.durable import DurableExecution, PerdureDurability
-from perdure.durable.retry import CircuitBreaker, RetryPolicy, openai_chat_model
+from perdure.durable import CircuitBreaker, DurableExecution, PerdureDurability, RetryPolicy
+from perdure.models.openai import openai_chat_model
 from perdure.storage import storage_from_url
 
 PROMPT = "Fetch the rows of db.csv, transform them, store them and notify the team."
@@ -47,8 +45,6 @@ TOOL_CALLS: Counter[str] = Counter()
 
 
 def _effect(name: str) -> None:
-    if os.environ.get("KILL_BEFORE_TOOL") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
     TOOL_CALLS[name] += 1
     ledger = os.environ.get("LEDGER")
     if ledger:
@@ -103,25 +99,8 @@ def build_agent(
     )
 
 
-class _KillAfterAttempt(logging.Handler):
-    """Dies like `kill -9` once perdure reports that attempt N was journaled (before its back-off)."""
-
-    def __init__(self, attempt: int) -> None:
-        super().__init__(logging.INFO)
-        self.attempt = attempt
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "perdure_attempt", None) == self.attempt:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
     mode, url, execution_id, base_url = argv[1], argv[2], argv[3], argv[4]
-    kill_after = os.environ.get("KILL_AFTER_ATTEMPT")
-    if kill_after:
-        perdure_logger = logging.getLogger("perdure")
-        perdure_logger.setLevel(logging.INFO)
-        perdure_logger.addHandler(_KillAfterAttempt(int(kill_after)))
     policy = RetryPolicy(
         max_retries=int(os.environ.get("MAX_RETRIES", "3")),
         retry_delay=float(os.environ.get("RETRY_DELAY", "0.01")),

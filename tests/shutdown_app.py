@@ -12,9 +12,10 @@ an `effect` line too, so the ledger shows every unit that ran, where and when.
 Ledgers are per process (`$WORKER_LEDGER_DIR/ledger-<pid>`), lines appended with O_APPEND.
 
 `interrupt(...)` creates an interrupted execution honestly, in-process: the run really starts and
-raises `SimulatedCrash` (a `BaseException` the engine does not catch, as if the process died) when
-the slow tool is called, before its `started` line: `prepare` and two model requests are journaled,
-the head says `success`, and the next unit a resume runs is the slow tool.
+raises `SimulatedCrash` (perdure's `FaultInjected`, a `BaseException` the engine does not catch, as
+if the process died) at the fault point `before_tool_call` of the slow tool, before its `started`
+line: `prepare` and two model requests are journaled, the head says `success`, and the next unit a
+resume runs is the slow tool.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
 
-from perdure import DurableExecution
+from perdure import DurableExecution, _faults
 from perdure.durable import PerdureDurability
 from perdure.durable.journal import current_step
 from perdure.models import ScriptedModel
@@ -37,12 +38,11 @@ __all__ = ["PROMPT", "SimulatedCrash", "agents", "interrupt", "ledger", "resolve
 
 PROMPT = "Prepare 'order-7', process it slowly and notify 'bob' when done."
 
-crash_at_slow = False
-"""Set by the creating process: the slow tool raises `SimulatedCrash` before anything else."""
+SLOW_TOOLS = "process_sync|process_async"
+"""The slow tool of each agent, as a fault-point target."""
 
-
-class SimulatedCrash(BaseException):
-    """Stands in for the process dying: not an `Exception`, so the engine records no failure."""
+SimulatedCrash = _faults.FaultInjected
+"""Stands in for the process dying: not an `Exception`, so the engine records no failure."""
 
 
 def ledger(kind: str, key: str) -> None:
@@ -63,8 +63,6 @@ def _slow() -> float:
 
 
 def _begin() -> str:
-    if crash_at_slow:
-        raise SimulatedCrash("slow tool")
     key = current_step().idempotency_key
     ledger("started", key)
     return key
@@ -125,17 +123,14 @@ def resolve(head: Any) -> Any:
 
 async def interrupt(storage: DurableExecutionStorage, execution_id: str, mode: str) -> None:
     """Start execution `execution_id` of the `mode` agent and 'kill' it when the slow tool is called."""
-    global crash_at_slow
-    crash_at_slow = True
-    try:
-        durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
-        await durable.run_agent_async(agents[mode], PROMPT)
-    except SimulatedCrash:
-        pass
-    else:  # pragma: no cover - the crash point was never reached
-        raise AssertionError(f"execution {execution_id} ran to completion; no crash at the slow tool")
-    finally:
-        crash_at_slow = False
+    with _faults.armed("before_tool_call", target=SLOW_TOOLS, action="raise"):
+        try:
+            durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
+            await durable.run_agent_async(agents[mode], PROMPT)
+        except SimulatedCrash:
+            pass
+        else:  # pragma: no cover - the crash point was never reached
+            raise AssertionError(f"execution {execution_id} ran to completion; no crash at the slow tool")
 
 
 async def reference_output(mode: str) -> Any:

@@ -38,7 +38,7 @@ def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "ledger.txt"
     monkeypatch.setenv("LEDGER", str(path))
     monkeypatch.setenv("PHASE", "parent")
-    monkeypatch.delenv("CRASH_AT", raising=False)
+    monkeypatch.delenv("PERDURE_FAULT", raising=False)
     return path
 
 

@@ -1,5 +1,7 @@
 """Crash tests: real subprocesses SIGKILL themselves mid-run, a new process resumes.
 
+The kill points are perdure's named fault points (`PERDURE_FAULT`, see `perdure._faults`).
+
 Each scenario counts, from the side-effect ledger, the model requests and tool executions of the
 crashed process and of the resuming process, and checks them against an uninterrupted run:
 - every unit journaled before the crash ran exactly once in total;
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,21 +94,25 @@ def _journaled(url: str, execution_id: str) -> tuple[int, set[str]]:
 
 
 @pytest.mark.parametrize(
-    ("crash_at", "cpr", "rerun_tool"),
+    ("fault", "cpr", "rerun_tool"),
     [
-        ("model:1", "1", None),  # killed during the very first model request
-        ("model:3", "1", None),  # killed during a model request mid-run
-        ("effect:transform_data", "1", "transform_data"),  # side effect done, journal write not
-        ("before:validate_data", "2", None),  # between two tool calls of one model response
-        ("effect:store_results", "2", "store_results"),  # second call of a response, after effect
+        ("inside_model_request:1", "1", None),  # killed during the very first model request
+        ("inside_model_request:3", "1", None),  # killed during a model request mid-run
+        ("after_tool_side_effect@transform_data", "1", "transform_data"),  # effect done, journal not
+        ("before_tool_call@validate_data", "2", None),  # between two tool calls of one model response
+        (
+            "after_tool_side_effect@store_results",
+            "2",
+            "store_results",
+        ),  # 2nd call of a response, after effect
     ],
 )
 def test_sigkill_then_resume_in_new_process(
-    url: str, tmp_path: Path, baseline: dict[str, Any], crash_at: str, cpr: str, rerun_tool: str | None
+    url: str, tmp_path: Path, baseline: dict[str, Any], fault: str, cpr: str, rerun_tool: str | None
 ) -> None:
-    execution_id = "crash-" + crash_at.replace(":", "-")
+    execution_id = "crash-" + re.sub(r"[^A-Za-z0-9_]+", "-", fault)
     ledger = tmp_path / "ledger"
-    crashed = _run("start", url, execution_id, ledger, CRASH_AT=crash_at, CALLS_PER_RESPONSE=cpr)
+    crashed = _run("start", url, execution_id, ledger, PERDURE_FAULT=fault, CALLS_PER_RESPONSE=cpr)
     assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
 
     # What the crashed process left: an in-progress checkpoint with its journal.
@@ -180,8 +187,10 @@ def test_exception_in_one_process_resume_in_another(
     url: str, tmp_path: Path, baseline: dict[str, Any]
 ) -> None:
     ledger = tmp_path / "ledger"
-    failed = _run("start", url, "exc-1", ledger, CRASH_AT="raise:transform_data")
-    assert failed.returncode == 1 and "upstream reset the connection" in failed.stderr
+    failed = _run(
+        "start", url, "exc-1", ledger, PERDURE_FAULT="before_tool_call@transform_data:raise:ConnectionError"
+    )
+    assert failed.returncode == 1 and "fault injected at before_tool_call@transform_data" in failed.stderr
     info = DurableExecution.get_execution_info("exc-1", storage_from_url(url))
     assert info is not None
     assert info["status"] == "failed" and info["step_name"] == "tool:transform_data"

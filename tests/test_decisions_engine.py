@@ -24,10 +24,15 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests
 
-from perdure.durable import DurableExecution, PerdureDurability, SQLiteDurableStorage
-from perdure.durable.decisions import ToolResolution
-from perdure.durable.journal import ExecutionAborted, current_step, idempotency_key
-from perdure.errors import NonIdempotentReplayError, UserError
+from perdure.durable import (
+    DurableExecution,
+    PerdureDurability,
+    SQLiteDurableStorage,
+    ToolResolution,
+    current_step,
+    idempotency_key,
+)
+from perdure.errors import ExecutionAborted, NonIdempotentReplayError, UserError
 from perdure.records import ExecutionStatus, StepKind
 from perdure.storage.base import DurableExecutionStorage
 

@@ -27,11 +27,15 @@ from perdure import DurableExecution, Task, tool
 from perdure.agent import Agent, AgentRunOutput
 from perdure.agent.tools import to_pydantic_tool
 from perdure.db import SqliteDatabase
-from perdure.durable import InMemoryDurableStorage, PerdureDurability
+from perdure.durable import CircuitBreaker, InMemoryDurableStorage, PerdureDurability, RetryPolicy
 from perdure.durable.decisions import ToolResolution
-from perdure.durable.journal import ExecutionAborted
-from perdure.durable.retry import CircuitBreaker, RetryPolicy
-from perdure.errors import ExecutionCompletedError, NonIdempotentReplayError, PerdureError, UserError
+from perdure.errors import (
+    ExecutionAborted,
+    ExecutionCompletedError,
+    NonIdempotentReplayError,
+    PerdureError,
+    UserError,
+)
 from perdure.records import ExecutionStatus, StepKind
 
 APP = Path(__file__).resolve().parent / "facade_app.py"
@@ -43,7 +47,7 @@ def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "ledger.txt"
     monkeypatch.setenv("LEDGER", str(path))
     monkeypatch.setenv("PHASE", "parent")
-    monkeypatch.delenv("CRASH_AT", raising=False)
+    monkeypatch.delenv("PERDURE_FAULT", raising=False)
     app.SEEN.clear()
     return path
 
@@ -381,7 +385,7 @@ def crashed_charge(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(where / "crash.db"),
         CHARGE_RUN,
         "charge",
-        env={"LEDGER": str(ledger), "CRASH_AT": "effect:charge", "PHASE": "crashed"},
+        env={"LEDGER": str(ledger), "PERDURE_FAULT": "after_tool_side_effect@charge", "PHASE": "crashed"},
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert app.read_ledger(ledger) == ["model 1", "tool lookup acc-1", "model 2", "tool charge 42 4242"]
@@ -485,7 +489,12 @@ def test_idempotent_tool_reruns_in_the_crash_window_with_the_same_idempotency_ke
         str(db_file),
         run_id,
         "book",
-        env={"LEDGER": str(ledger), "CRASH_AT": "effect:book", "PHASE": "crashed", "API_FILE": str(api)},
+        env={
+            "LEDGER": str(ledger),
+            "PERDURE_FAULT": "after_tool_side_effect@book",
+            "PHASE": "crashed",
+            "API_FILE": str(api),
+        },
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 

@@ -4,7 +4,8 @@ A pydantic-ai agent with `OpenAIChatModel` (the real `openai` SDK, its own retri
 to the scripted OpenAI-compatible server of `openai_server.py` on 127.0.0.1; the server injects
 HTTP 500/429/400, dropped connections and responses slower than the client's timeout, and counts
 every request it receives and every one it answered (`paid`). Executions are journaled in SQLite.
-Crash tests run `fault_app.py` in subprocesses that die by SIGKILL and resume in a new process.
+Crash tests run `fault_app.py` in subprocesses that die by SIGKILL (at perdure's named fault points,
+`PERDURE_FAULT`, or killed from outside) and resume in a new process.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import pytest
 
 import fault_app
 from openai_server import Fault, OpenAIServer
-from perdure.durable import DurableExecution, SQLiteDurableStorage
+from perdure.durable import CircuitBreaker, DurableExecution, RetryPolicy, SQLiteDurableStorage
 from perdure.durable.execution import AttemptResult
-from perdure.durable.retry import CircuitBreaker, RetryPolicy
 from perdure.errors import CircuitOpenError
 from perdure.records import ExecutionStatus, StepKind, StepRecord
 
@@ -337,7 +337,10 @@ async def test_crash_during_retries_does_not_reset_the_attempt_count(
     execution_id = "retry-crash-1"
     server.fail_always(1, Fault.http(500))
 
-    crashed = _child("start", url, execution_id, server, ledger, MAX_RETRIES="3", KILL_AFTER_ATTEMPT="2")
+    killed_after_attempt_2 = "after_journal_write@attempt:2"
+    crashed = _child(
+        "start", url, execution_id, server, ledger, MAX_RETRIES="3", PERDURE_FAULT=killed_after_attempt_2
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert server.requests_for(1) == 2  # killed right after journaling attempt 2, in its back-off
     store = SQLiteDurableStorage(tmp_path / "crash.db")
@@ -395,7 +398,9 @@ async def test_crash_and_resume_pays_only_for_unjournaled_requests(
         assert server.wait_idle()
         in_flight = 1
     else:
-        crashed = _child("start", url, execution_id, server, ledger, KILL_BEFORE_TOOL="store_rows")
+        crashed = _child(
+            "start", url, execution_id, server, ledger, PERDURE_FAULT="before_tool_call@store_rows"
+        )
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         in_flight = 0
     paid_before_crash = server.paid

@@ -83,7 +83,11 @@ async def test_sigkilled_run_is_taken_over_from_its_dead_owner(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, ledger: Path
 ) -> None:
     url = backend_url(kind, tmp_path, request)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC)]), "KILL_BEFORE": "charge"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC)]),
+        "PERDURE_FAULT": "before_tool_call@charge",
+    }
     code = f"import sys, worker_app; sys.exit(worker_app.main([{url!r}, 'killed-1']))"
     crashed = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False

@@ -35,18 +35,11 @@ from pydantic_ai.exceptions import (
 )
 from pydantic_ai.exceptions import UserError as PydanticAIUserError
 
-from perdure.durable.retry import (
-    CircuitBreaker,
-    RetryPolicy,
-    call_with_retry,
-    circuit_breaker_for,
-    circuit_stats,
-    is_transient,
-    openai_chat_model,
-    reset_circuit_breakers,
-    retry_after_seconds,
-)
+from perdure.durable.circuit import CircuitBreaker, circuit_breaker_for, circuit_stats, reset_circuit_breakers
+from perdure.durable.retry import RetryPolicy, call_with_retry
+from perdure.durable.transient import is_transient, retry_after_seconds
 from perdure.errors import CircuitOpenError, PerdureError, StepConflictError, UserError
+from perdure.models.openai import openai_chat_model
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
 

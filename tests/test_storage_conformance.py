@@ -1,42 +1,34 @@
-"""One conformance suite for every storage backend, plus backend-specific durability checks."""
+"""The storage contract against every built-in backend, plus checks that are about one backend.
+
+The contract's properties are `perdure.testing`'s conformance kit (the same checks a custom backend
+runs, see the README's "Writing a custom backend"): `test_storage_contract` runs every property but
+the lease ones (`test_lease_conformance.py`) against the six backends of `conftest.BACKENDS`, one
+test id per property and backend. Each property gets a fresh, empty store (`fresh_storage`); the
+hooks below let the kit damage a head (`put_raw_head`) and open a store twice (`reopen_builtin`).
+The tests after it cover what is specific to one backend: compression, URLs, the file layout, SQLite
+options and processes.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import pytest
 
-from conftest import Factory, make_factory
+from conftest import PERSISTENT, Factory, make_factory
 from perdure.codec import Codec
-from perdure.errors import (
-    CorruptRecordError,
-    ExecutionDeletedError,
-    IncompatibleSchemaError,
-    StepConflictError,
-    StorageUnavailableError,
-    UserError,
-)
-from perdure.records import (
-    SCHEMA_VERSION,
-    ErrorInfo,
-    ExecutionRecord,
-    ExecutionStatus,
-    ReplayStats,
-    StepKind,
-    StepRecord,
-    TaskSnapshot,
-    ToolRef,
-    UsageTotals,
-)
+from perdure.errors import CorruptRecordError, IncompatibleSchemaError, StorageUnavailableError, UserError
+from perdure.records import SCHEMA_VERSION, ExecutionRecord, StepKind, StepRecord
 from perdure.storage import (
     DurableExecutionStorage,
     FileDurableStorage,
@@ -45,6 +37,54 @@ from perdure.storage import (
     storage_from_url,
 )
 from perdure.storage.file import JOURNAL_FILE
+from perdure.testing import pytest_suite
+
+# ---- the contract, through the conformance kit ----------------------------------------------------
+
+_OPENERS: WeakKeyDictionary[DurableExecutionStorage, Factory] = WeakKeyDictionary()
+"""How to open each persistent store the kit was given once more (see `reopen_builtin`)."""
+
+
+@pytest.fixture(params=PERSISTENT)
+def fresh_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], DurableExecutionStorage]:
+    """A factory of fresh, empty stores of one backend: a new directory, database, prefix each call."""
+    counter = itertools.count()
+
+    def fresh() -> DurableExecutionStorage:
+        root = tmp_path / f"store-{next(counter)}"
+        root.mkdir()
+        open_store = make_factory(request.param, root, request)
+        store = open_store()
+        _OPENERS[store] = open_store
+        return store
+
+    return fresh
+
+
+def reopen_builtin(store: DurableExecutionStorage) -> DurableExecutionStorage | None:
+    """A second instance on the same store, as another process opens it."""
+    opener = _OPENERS.get(store)
+    return None if opener is None else opener()
+
+
+def put_raw_head(store: DurableExecutionStorage, execution_id: str, payload: bytes) -> None:
+    """Store raw head bytes the way a bad disk or a bad deploy would (every built-in backend's test hook)."""
+    store._put_raw_head(execution_id, payload)  # type: ignore[attr-defined]
+
+
+test_storage_contract = pytest_suite(
+    "fresh_storage", raw_writer=put_raw_head, reopen=reopen_builtin, skip=["lease.*"]
+)
+
+IN_PROCESS_ONLY = ["persistence.reopen", "step.second_writer_conflicts", "lease.survives_reopen"]
+"""Properties about a second instance on the same store: the in-memory store has no second instance."""
+
+test_memory_contract = pytest_suite(
+    InMemoryDurableStorage, raw_writer=put_raw_head, skip=["lease.*", *IN_PROCESS_ONLY]
+)
+
+
+# ---- helpers of the backend-specific tests ---------------------------------------------------------
 
 
 def _factory(kind: str, tmp_path: Path, codec: Codec | None = None) -> Factory:
@@ -80,266 +120,6 @@ async def append_n(
         )
         await store.append_step_async(record, make_step(execution_id, seq))
     return record
-
-
-def full_record(execution_id: str) -> ExecutionRecord:
-    created = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
-    try:
-        raise ValueError("tool exploded")
-    except ValueError as exc:
-        error = ErrorInfo.from_exception(exc)
-    return ExecutionRecord(
-        execution_id=execution_id,
-        status=ExecutionStatus.FAILED,
-        step_index=3,
-        step_name="tool:search",
-        error=error,
-        created_at=created,
-        updated_at=created + timedelta(minutes=5, microseconds=7),
-        task=TaskSnapshot(
-            description="Find the answer",
-            response_format="mymod:Answer",
-            tools=[ToolRef(name="search", ref="mymod:search"), ToolRef(name="local")],
-            model="openai:gpt-4o",
-            agent_name="researcher",
-            instructions="Be brief.",
-            context={"user": "ann", "nested": {"k": [1, 2.5, None, True]}},
-        ),
-        usage=UsageTotals(requests=4, input_tokens=120, output_tokens=80, tool_calls=2),
-        replay=ReplayStats(resumes=1, replayed_model_requests=2, tokens_saved=150),
-        next_seq=4,
-        attempts=2,
-        output={"answer": 42, "items": ["a", "ü", "😀"], "none": None},
-        lease_owner="host:123",
-        lease_expires_at=created + timedelta(seconds=30),
-        metadata={"tenant": "acme", "tags": ["x"]},
-    )
-
-
-# ---- the contract -------------------------------------------------------------------------------
-
-
-async def test_save_load_roundtrip_keeps_every_field(storage: DurableExecutionStorage) -> None:
-    record = full_record("exec-roundtrip")
-    # A write carrying a lease owner (a running attempt's) never creates: the run's first write does.
-    await storage.save_state_async(make_record("exec-roundtrip"))
-    await storage.save_state_async(record)
-    loaded = await storage.load_state_async("exec-roundtrip")
-    # The lease is stored apart from the head body (only the lease methods set it).
-    assert loaded == record.model_copy(update={"lease_owner": None, "lease_expires_at": None})
-    assert loaded is not record
-    assert loaded.error is not None and "tool exploded" in loaded.error.traceback
-    assert loaded.updated_at.tzinfo is not None
-    # Overwrite replaces the head.
-    await storage.save_state_async(record.model_copy(update={"status": ExecutionStatus.COMPLETED}))
-    again = await storage.load_state_async("exec-roundtrip")
-    assert again is not None and again.status is ExecutionStatus.COMPLETED
-
-
-async def test_load_unknown_returns_none(storage: DurableExecutionStorage) -> None:
-    await storage.save_state_async(make_record("exec-other"))  # the storage exists, the id does not
-    assert await storage.load_state_async("does-not-exist") is None
-    assert await storage.load_steps_async("does-not-exist") == []
-    assert storage.load_state("does-not-exist") is None
-
-
-async def test_append_step_stores_head_and_journal_together(storage: DurableExecutionStorage) -> None:
-    await storage.save_state_async(make_record("exec-a"))
-    record = make_record("exec-a", next_seq=1, step_index=0, step_name="model_request")
-    step = make_step("exec-a", 0, {"text": "hi"}, kind=StepKind.MODEL_REQUEST, name="model_request", tokens=9)
-    await storage.append_step_async(record, step)
-    assert await storage.load_state_async("exec-a") == record
-    assert await storage.load_steps_async("exec-a") == [step]
-
-
-async def test_step_conflict_changes_nothing(storage: DurableExecutionStorage) -> None:
-    head = await append_n(storage, "exec-c", 2)
-    steps_before = await storage.load_steps_async("exec-c")
-    intruder = make_record("exec-c", next_seq=99, status=ExecutionStatus.FAILED)
-    for seq in (0, 1):  # the contract: a journaled seq is never overwritten
-        with pytest.raises(StepConflictError) as info:
-            await storage.append_step_async(intruder, make_step("exec-c", seq, {"other": True}))
-        assert info.value.execution_id == "exec-c"
-        assert info.value.seq == seq
-    assert await storage.load_state_async("exec-c") == head
-    assert await storage.load_steps_async("exec-c") == steps_before
-    await append_n(storage, "exec-c", 1, start=2)  # the next seq still works
-    assert [s.seq for s in await storage.load_steps_async("exec-c")] == [0, 1, 2]
-
-
-async def test_second_writer_of_a_seq_conflicts(reopen: Factory) -> None:
-    first, second = reopen(), reopen()
-    try:
-        await append_n(first, "exec-two", 1)
-        await second.load_steps_async("exec-two")
-        await append_n(first, "exec-two", 1, start=1)  # `second` has not seen this one
-        with pytest.raises(StepConflictError):
-            await append_n(second, "exec-two", 1, start=1)
-        await append_n(second, "exec-two", 1, start=2)
-        assert [s.seq for s in await first.load_steps_async("exec-two")] == [0, 1, 2]
-    finally:
-        first.close()
-        second.close()
-
-
-async def test_load_steps_in_sequence_order(storage: DurableExecutionStorage) -> None:
-    await append_n(storage, "exec-b", 3)
-    await append_n(storage, "exec-order", 12)
-    steps = await storage.load_steps_async("exec-order")
-    assert [s.seq for s in steps] == list(range(12))
-    assert all(s.execution_id == "exec-order" for s in steps)
-    assert steps[7].result == {"seq": 7, "value": "result 7"}
-    assert len(await storage.load_steps_async("exec-b")) == 3
-
-
-async def test_delete_removes_head_and_journal(storage: DurableExecutionStorage) -> None:
-    await append_n(storage, "exec-del", 3)
-    await append_n(storage, "exec-keep", 1)
-    assert await storage.delete_state_async("exec-del") is True
-    assert await storage.load_state_async("exec-del") is None
-    assert await storage.load_steps_async("exec-del") == []
-    assert await storage.delete_state_async("exec-del") is False
-    assert storage.delete_state("never-existed") is False
-    assert await storage.load_state_async("exec-keep") is not None
-    # The tombstone refuses the id: nothing re-creates the deleted execution.
-    with pytest.raises(ExecutionDeletedError):
-        await append_n(storage, "exec-del", 1)
-    assert await storage.load_steps_async("exec-del") == []
-
-
-async def test_list_newest_first_with_filter_and_limit(storage: DurableExecutionStorage) -> None:
-    base = datetime(2025, 1, 1, tzinfo=UTC)
-    statuses = [
-        ExecutionStatus.COMPLETED,
-        ExecutionStatus.FAILED,
-        ExecutionStatus.COMPLETED,
-        ExecutionStatus.PAUSED,
-    ]
-    for i, status in enumerate(statuses):
-        await storage.save_state_async(
-            make_record(f"exec-{i}", status=status, updated_at=base + timedelta(hours=i))
-        )
-    ids = [r.execution_id for r in await storage.list_executions_async()]
-    assert ids == ["exec-3", "exec-2", "exec-1", "exec-0"]
-    completed = await storage.list_executions_async(status="completed")
-    assert [r.execution_id for r in completed] == ["exec-2", "exec-0"]
-    assert [r.execution_id for r in storage.list_executions(ExecutionStatus.COMPLETED, limit=1)] == ["exec-2"]
-    assert [r.execution_id for r in await storage.list_executions_async(limit=2)] == ["exec-3", "exec-2"]
-    assert await storage.list_executions_async(status=ExecutionStatus.CANCELLED) == []
-    assert await storage.list_executions_async(limit=0) == []
-
-
-async def test_get_stats_shape(storage: DurableExecutionStorage) -> None:
-    await storage.save_state_async(make_record("exec-gone"))  # create the storage; tombstones not counted
-    assert await storage.delete_state_async("exec-gone") is True
-    empty = await storage.get_stats_async()
-    assert empty == {
-        "backend": storage.backend_name,
-        "total_executions": 0,
-        "by_status": {s.value: 0 for s in ExecutionStatus},
-    }
-    for i, status in enumerate([ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.FAILED]):
-        await storage.save_state_async(make_record(f"exec-{i}", status=status))
-    stats = storage.get_stats()
-    assert stats["backend"] == storage.backend_name
-    assert stats["total_executions"] == 3
-    assert stats["by_status"] == {"success": 1, "paused": 0, "failed": 2, "completed": 0, "cancelled": 0}
-
-
-async def test_cleanup_old_executions(storage: DurableExecutionStorage) -> None:
-    old = datetime.now(UTC) - timedelta(days=30)
-    await append_n(storage, "exec-old", 2)
-    await storage.save_state_async(make_record("exec-old", updated_at=old, created_at=old, next_seq=2))
-    await storage.save_state_async(make_record("exec-older", updated_at=old - timedelta(days=1)))
-    await append_n(storage, "exec-new", 1)
-    assert await storage.cleanup_old_executions_async(older_than_days=7) == 2
-    assert await storage.load_state_async("exec-old") is None
-    assert await storage.load_steps_async("exec-old") == []
-    assert await storage.load_state_async("exec-new") is not None
-    assert storage.cleanup_old_executions(7) == 0
-    assert storage.cleanup_old_executions(0) == 1
-    with pytest.raises(UserError):
-        storage.cleanup_old_executions(-1)
-
-
-async def test_sync_twins_work_inside_running_loop(storage: DurableExecutionStorage) -> None:
-    asyncio.get_running_loop()  # this test runs inside the event loop
-    storage.save_state(make_record("exec-sync"))
-    storage.append_step(make_record("exec-sync", next_seq=1), make_step("exec-sync", 0))
-    loaded = storage.load_state("exec-sync")
-    assert loaded is not None and loaded.next_seq == 1
-    assert [s.seq for s in storage.load_steps("exec-sync")] == [0]
-    assert storage.get_stats()["total_executions"] == 1
-    assert [r.execution_id for r in storage.list_executions()] == ["exec-sync"]
-    assert storage.delete_state("exec-sync") is True
-
-
-def test_sync_twins_without_loop(storage: DurableExecutionStorage) -> None:
-    record = make_record("exec-plain", status=ExecutionStatus.PAUSED)
-    storage.save_state(record)
-    storage.append_step(record.model_copy(update={"next_seq": 1}), make_step("exec-plain", 0))
-    assert storage.load_state("exec-plain") == record.model_copy(update={"next_seq": 1})
-    assert storage.get_stats()["by_status"]["paused"] == 1
-    assert storage.cleanup_old_executions(1) == 0
-    assert storage.delete_state("exec-plain") is True
-
-
-async def test_corrupt_head_is_typed_and_skipped_by_queries(storage: DurableExecutionStorage) -> None:
-    await storage.save_state_async(make_record("exec-good", status=ExecutionStatus.COMPLETED))
-    await storage.save_state_async(make_record("exec-bad"))
-    storage._put_raw_head("exec-bad", b'{"execution_id": "exec-bad", "status": ')  # type: ignore[attr-defined]
-    storage._put_raw_head("exec-shape", b'{"execution_id": "exec-shape", "step_index": "x"}')  # type: ignore[attr-defined]
-    with pytest.raises(CorruptRecordError) as info:
-        await storage.load_state_async("exec-bad")
-    assert info.value.execution_id == "exec-bad"
-    assert "exec-bad" in str(info.value)
-    with pytest.raises(CorruptRecordError, match="exec-shape"):
-        storage.load_state("exec-shape")
-    assert [r.execution_id for r in await storage.list_executions_async()] == ["exec-good"]
-    stats = await storage.get_stats_async()
-    assert stats["total_executions"] == 1 and stats["by_status"]["completed"] == 1
-    assert await storage.delete_state_async("exec-bad") is True
-
-
-async def test_newer_schema_version_is_refused(storage: DurableExecutionStorage) -> None:
-    await storage.save_state_async(make_record("exec-future", schema_version=SCHEMA_VERSION + 1))
-    await storage.save_state_async(make_record("exec-now"))
-    with pytest.raises(IncompatibleSchemaError) as info:
-        await storage.load_state_async("exec-future")
-    assert info.value.found == SCHEMA_VERSION + 1 and info.value.execution_id == "exec-future"
-    assert [r.execution_id for r in await storage.list_executions_async()] == ["exec-now"]
-    assert (await storage.get_stats_async())["total_executions"] >= 1
-
-
-async def test_large_result_roundtrip(storage: DurableExecutionStorage) -> None:
-    big = "x" * (1024 * 1024)
-    record = make_record("exec-big", next_seq=1, output={"text": big})
-    await storage.save_state_async(make_record("exec-big"))
-    await storage.append_step_async(record, make_step("exec-big", 0, {"blob": big, "n": [1] * 1000}))
-    loaded = await storage.load_state_async("exec-big")
-    assert loaded is not None and loaded.output == {"text": big}
-    [step] = await storage.load_steps_async("exec-big")
-    assert step.result["blob"] == big and len(step.result["n"]) == 1000
-
-
-async def test_persistence_across_instances(reopen: Factory) -> None:
-    first = reopen()
-    record = full_record("exec-persist")
-    await first.save_state_async(make_record("exec-persist"))
-    await first.save_state_async(record)
-    head = await append_n(first, "exec-persist", 3)
-    first.close()
-    second = reopen()
-    try:
-        assert await second.load_state_async("exec-persist") == head
-        assert [s.seq for s in await second.load_steps_async("exec-persist")] == [0, 1, 2]
-        await append_n(second, "exec-persist", 1, start=3)  # a new instance continues the journal
-        assert len(await second.load_steps_async("exec-persist")) == 4
-    finally:
-        second.close()
-
-
-# ---- compression --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["file", "sqlite-full"])

@@ -470,7 +470,7 @@ def test_file_sigkill_between_rename_and_removal_resurrects_nothing(tmp_path: Pa
         print("not killed")
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC), "PERDURE_FILE_FAULT": "delete-after-rename"}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PERDURE_FAULT": "delete_after_rename"}
     done = subprocess.run(
         [sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True, timeout=60
     )

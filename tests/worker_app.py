@@ -5,27 +5,27 @@ call and every live model request appends `<kind> <idempotency key> <pid>` to a 
 file in `$WORKER_LEDGER_DIR`, so the test sees exactly which durable units ran, where, and whether
 any ran twice. `SLOW_TOOLS` makes each tool sleep (asynchronously, so heartbeats keep running).
 
-`KILL_BEFORE=<tool>` makes a process SIGKILL itself when that tool starts (`python -c "import
-worker_app; worker_app.main([...])"`, see `main`).
+`PERDURE_FAULT=before_tool_call@<tool>` makes a process SIGKILL itself when that tool starts
+(`python -c "import worker_app; worker_app.main([...])"`, see `main`, and `perdure._faults`).
 
-`interrupt(...)` creates an interrupted execution honestly, in-process: the run is started and a
-tool raises `SimulatedCrash`, a `BaseException` the engine does not catch (like `KeyboardInterrupt`
-or the process dying), so the journal keeps every unit finished before it and the head stays
-`success`: exactly the state a killed worker leaves behind.
+`interrupt(...)` creates an interrupted execution honestly, in-process: the run is started with the
+fault point `before_tool_call@<tool>` armed to raise `SimulatedCrash` (perdure's `FaultInjected`),
+a `BaseException` the engine does not catch (like `KeyboardInterrupt` or the process dying), so the
+journal keeps every unit finished before it and the head stays `success`: exactly the state a killed
+worker leaves behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
 
-from perdure import Agent, DurableExecution, Task, tool
+from perdure import Agent, DurableExecution, Task, _faults, tool
 from perdure.durable import PerdureDurability
 from perdure.durable.journal import current_step
 from perdure.models import ScriptedModel
@@ -37,7 +37,6 @@ __all__ = [
     "SimulatedCrash",
     "agent",
     "agents_by_name",
-    "crash_before",
     "interrupt",
     "main",
     "pydantic_agent",
@@ -46,12 +45,8 @@ __all__ = [
 
 PROMPT = "Reserve 'seat-12', charge it and notify 'alice' when done."
 
-crash_before: str | None = None
-"""Tool name whose call raises `SimulatedCrash` before its side effect (set by the creating process)."""
-
-
-class SimulatedCrash(BaseException):
-    """Stands in for the process dying: not an `Exception`, so the engine records no failure."""
+SimulatedCrash = _faults.FaultInjected
+"""Stands in for the process dying: not an `Exception`, so the engine records no failure."""
 
 
 def _ledger(kind: str, key: str) -> None:
@@ -67,10 +62,6 @@ def _ledger(kind: str, key: str) -> None:
 
 
 async def _effect(name: str) -> str:
-    if crash_before == name:
-        raise SimulatedCrash(name)
-    if os.environ.get("KILL_BEFORE") == name:  # a real crash: kill -9 of this process
-        os.kill(os.getpid(), signal.SIGKILL)
     slow = float(os.environ.get("SLOW_TOOLS", "0"))
     if slow:
         await asyncio.sleep(slow)
@@ -128,25 +119,21 @@ async def interrupt(
     storage: DurableExecutionStorage, execution_id: str, at: str, *, facade: bool = True
 ) -> None:
     """Start execution `execution_id` and 'kill' it right before tool `at` runs."""
-    global crash_before
-    crash_before = at
-    try:
-        if facade:
+    with _faults.armed("before_tool_call", target=at, action="raise"):
+        try:
             durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
-            await agent.do_async(Task(PROMPT, durable_execution=durable))
-        else:
-            durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)
-            await durable.run_agent_async(pydantic_agent, PROMPT)
-    except SimulatedCrash:
-        pass
-    else:  # pragma: no cover - the crash point was never reached
-        raise AssertionError(f"execution {execution_id} ran to completion; no crash at {at}")
-    finally:
-        crash_before = None
+            if facade:
+                await agent.do_async(Task(PROMPT, durable_execution=durable))
+            else:
+                await durable.run_agent_async(pydantic_agent, PROMPT)
+        except SimulatedCrash:
+            pass
+        else:  # pragma: no cover - the crash point was never reached
+            raise AssertionError(f"execution {execution_id} ran to completion; no crash at {at}")
 
 
 def main(argv: list[str]) -> int:
-    """`URL ID`: run one execution to the end (or to the `KILL_BEFORE` crash) and print its output."""
+    """`URL ID`: run one execution to the end (or to its `PERDURE_FAULT` crash) and print its output."""
     url, execution_id = argv
     storage = storage_from_url(url)
     durable = DurableExecution(storage, execution_id=execution_id, auto_cleanup=False)

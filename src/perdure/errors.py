@@ -15,16 +15,19 @@ __all__ = [
     "CircuitOpenError",
     "CorruptRecordError",
     "ExecutionCompletedError",
+    "ExecutionAborted",
     "ExecutionDeletedError",
     "ExecutionLeased",
     "ExecutionLeasedError",
     "ExecutionNotFoundError",
+    "IdentityError",
     "IncompatibleSchemaError",
     "InvalidExecutionIdError",
     "JournalMismatchError",
     "LeaseLostError",
     "NonIdempotentReplayError",
     "PerdureError",
+    "RecoveryGaveUpError",
     "SerializationError",
     "StepConflictError",
     "StorageConfigurationError",
@@ -117,17 +120,30 @@ class CorruptRecordError(PerdureError):
 
 
 class IncompatibleSchemaError(PerdureError):
-    """A record was written by a newer perdure whose schema this version cannot read."""
+    """A record (or a whole database) was written by a newer perdure whose schema this version cannot read.
 
-    def __init__(self, execution_id: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"Execution {execution_id!r} was stored with schema version {found}, but this perdure "
-            f"reads versions up to {supported}. Upgrade perdure in this process (the record was left "
-            f"unchanged) and resume again.",
-            execution_id=execution_id,
-        )
+    A record's version names its execution (`execution_id`); a database-level version (the tables'
+    layout) has no execution: `execution_id` is None and `where` says which database and tables.
+    """
+
+    def __init__(
+        self, execution_id: str | None, found: int, supported: int, *, where: str = "", hint: str = ""
+    ) -> None:
+        if where:
+            message = (
+                f"{where} has schema version {found}, but this perdure reads versions up to {supported}. "
+                f"Upgrade perdure in this process (the stored data was left unchanged){hint}."
+            )
+        else:
+            message = (
+                f"Execution {execution_id!r} was stored with schema version {found}, but this perdure "
+                f"reads versions up to {supported}. Upgrade perdure in this process (the record was left "
+                f"unchanged) and resume again."
+            )
+        super().__init__(message, execution_id=execution_id)
         self.found = found
         self.supported = supported
+        self.where = where
 
 
 class SerializationError(PerdureError):
@@ -365,3 +381,38 @@ class UnregisteredReferenceError(PerdureError):
         )
         self.kind = kind
         self.reference = reference
+
+
+class ExecutionAborted(PerdureError):
+    """An operator resolved an interrupted call with `ToolResolution.abort()`; the run stops here."""
+
+    def __init__(self, execution_id: str, tool_name: str, tool_call_id: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} was cancelled by the operator's resolution of {tool_name!r} "
+            f"(call {tool_call_id!r}). It will not be resumed; start a new execution to run the task again.",
+            execution_id=execution_id,
+            step=f"tool:{tool_name}",
+        )
+        self.tool_name = tool_name
+        self.tool_call_id = tool_call_id
+
+
+class RecoveryGaveUpError(PerdureError):
+    """Recorded on an interrupted execution that reached `max_attempts`: recovery stopped retrying it."""
+
+    def __init__(self, execution_id: str, attempts: int) -> None:
+        super().__init__(
+            f"Recovery gave up after {attempts} attempts of execution {execution_id!r}: it was interrupted "
+            f"every time (a worker crash, kill or timeout). Inspect it with `perdure show`, fix the cause, "
+            f"then resume it by hand with agent.continue_durable({execution_id!r}, storage).",
+            execution_id=execution_id,
+        )
+        self.attempts = attempts
+
+
+class IdentityError(PerdureError):
+    """Marker base: the resume was refused before anything ran; the head was not changed.
+
+    Raised as a `ToolNotFoundError` or a `JournalMismatchError` that is also an `IdentityError`
+    (see `perdure.durable.identity`).
+    """

@@ -261,6 +261,100 @@ class ExecutionRecord(_Record):
     identity: ExecutionIdentity | None = None
     """What the execution ran (tools, output type, instructions, prompt), checked on every resume."""
 
+    # ---- transitions: each returns the next head, this one is left unchanged ----------------------
+
+    def attempt_started(self, identity: ExecutionIdentity | None) -> ExecutionRecord:
+        """The head of a new attempt: one more attempt, fresh replay counters, the checked identity."""
+        resumes = self.replay.resumes + (1 if self.attempts > 0 else 0)
+        return self.model_copy(
+            update={
+                "attempts": self.attempts + 1,
+                "replay": ReplayStats(resumes=resumes),
+                "identity": identity,
+                "updated_at": utcnow(),
+            }
+        )
+
+    def advanced(self, step: StepRecord, usage: UsageTotals, replay: ReplayStats) -> ExecutionRecord:
+        """The head after `step` (a unit's result) was journaled: `success` at that step, no error."""
+        return self.model_copy(
+            update={
+                "status": ExecutionStatus.SUCCESS,
+                "step_index": step.seq,
+                "step_name": step.name,
+                "error": None,
+                "updated_at": step.finished_at,
+                "next_seq": step.seq + 1,
+                "usage": usage,
+                "replay": replay,
+            }
+        )
+
+    def noted(self, step: StepRecord) -> ExecutionRecord:
+        """The head after a bookkeeping entry (marker, attempt): `next_seq` moves, the step shown does not."""
+        return self.model_copy(update={"next_seq": step.seq + 1, "updated_at": step.finished_at})
+
+    def decided(self, step: StepRecord) -> ExecutionRecord:
+        """The head after a decision entry: it answers the pause, so back to `success`, nothing pending."""
+        return self.model_copy(
+            update={
+                "next_seq": step.seq + 1,
+                "updated_at": step.finished_at,
+                "status": ExecutionStatus.SUCCESS,
+                "pending": None,
+                "error": None,
+            }
+        )
+
+    def failed(
+        self, error: BaseException, seq: int | None = None, name: str | None = None
+    ) -> ExecutionRecord:
+        """`failed` with `error`, at step `seq` named `name` (the step shown is kept when None)."""
+        update: dict[str, Any] = {
+            "status": ExecutionStatus.FAILED,
+            "error": ErrorInfo.from_exception(error),
+            "updated_at": utcnow(),
+        }
+        if seq is not None:
+            update["step_index"] = seq
+        if name is not None:
+            update["step_name"] = name
+        return self.model_copy(update=update)
+
+    def paused(self, pending: PendingDecision, error: BaseException | None = None) -> ExecutionRecord:
+        """`paused`, waiting for the human decision `pending` describes (`error`: why, if one was raised)."""
+        return self.model_copy(
+            update={
+                "status": ExecutionStatus.PAUSED,
+                "pending": pending,
+                "error": ErrorInfo.from_exception(error) if error is not None else None,
+                "updated_at": utcnow(),
+            }
+        )
+
+    def cancelled(self, error: BaseException) -> ExecutionRecord:
+        """`cancelled` (an operator aborted it), with the error that says so; nothing pending."""
+        return self.model_copy(
+            update={
+                "status": ExecutionStatus.CANCELLED,
+                "pending": None,
+                "error": ErrorInfo.from_exception(error),
+                "updated_at": utcnow(),
+            }
+        )
+
+    def completed(self, output: Any) -> ExecutionRecord:
+        """`completed` with the run's output (JSON data); no error, nothing pending."""
+        return self.model_copy(
+            update={
+                "status": ExecutionStatus.COMPLETED,
+                "error": None,
+                "pending": None,
+                "output": output,
+                "updated_at": utcnow(),
+            }
+        )
+
     def info(self) -> dict[str, Any]:
         """The seed API's execution-info dictionary (JSON-compatible values).
 
@@ -285,7 +379,8 @@ class StepRecord(_Record):
     name: str
     """Human-readable step name: `model_request`, `tool:<name>`, or the operation name."""
     key: str
-    """Replay key, stable across resumes: `model:<n>` or `tool:<tool_call_id>` or `<op>#<n>`."""
+    """Replay key, stable across resumes, e.g. `model#<n>`, `tool:<m>/<tool_call_id>`, `started:<key>`;
+    the formats are built and parsed in `perdure.durable.keys`."""
     result: Any = None
     """The unit's result as JSON data."""
     started_at: datetime = Field(default_factory=utcnow)

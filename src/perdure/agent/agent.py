@@ -29,11 +29,12 @@ from pydantic_ai.usage import UsageLimits
 from .._sync import run_sync
 from ..db import Database
 from ..durable.capability import PerdureDurability
+from ..durable.circuit import CircuitBreaker
 from ..durable.decisions import ApprovalDecision, ToolResolution
 from ..durable.engine import AgentFactory, AttemptResult, ResumeTarget, enable_debug_logging
 from ..durable.execution import DurableExecution
 from ..durable.leases import DEFAULT_LEASE_TTL
-from ..durable.retry import CircuitBreaker, RetryPolicy
+from ..durable.retry import RetryPolicy
 from ..errors import ExecutionCompletedError, PerdureError, UserError
 from ..models import model_to_string, resolve_model
 from ..records import ExecutionRecord, ExecutionStatus, TaskSnapshot

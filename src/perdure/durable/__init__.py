@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..models.openai import openai_chat_model
 from ..storage import (
     DurableExecutionStorage,
     DurableStorage,
@@ -13,18 +14,13 @@ from ..storage import (
     storage_from_url,
 )
 from .capability import TOOL_CONFIG_KEY, PerdureDurability
+from .circuit import CircuitBreaker, circuit_breaker_for, circuit_stats
 from .decisions import ToolResolution
 from .engine import AgentFactory, AttemptResult, ResumeTarget
 from .execution import DurableExecution
 from .journal import ExecutionAborted, StepContext, current_run, current_step, idempotency_key
-from .retry import (
-    CircuitBreaker,
-    RetryPolicy,
-    circuit_breaker_for,
-    circuit_stats,
-    is_transient,
-    openai_chat_model,
-)
+from .retry import RetryPolicy
+from .transient import is_transient
 
 if TYPE_CHECKING:
     from ..storage.postgres import PostgresDurableStorage

@@ -31,9 +31,11 @@ from pydantic_ai.tools import AgentDepsT
 from ..codec import JOURNAL_CODEC
 from ..errors import UserError
 from ..records import StepKind
+from .circuit import CircuitBreaker
 from .identity import instructions_hash
 from .journal import UnitIdentity, current_run, serialization_failure
-from .retry import CircuitBreaker, RetryPolicy
+from .keys import MODEL_REQUEST
+from .retry import RetryPolicy
 
 __all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig"]
 
@@ -55,7 +57,7 @@ def _unit_identity(
     ctx = next((item for item in cache_key if isinstance(item, RunContext)), None)
     tool_call_id = ctx.tool_call_id if ctx is not None else None
     if isinstance(operation_id, ModelRequestId):
-        return UnitIdentity(StepKind.MODEL_REQUEST, "model_request", "model")
+        return UnitIdentity(StepKind.MODEL_REQUEST, "model_request", MODEL_REQUEST)
     if isinstance(operation_id, ToolsetCallToolId):
         tool_name = cache_key[0] if cache_key and isinstance(cache_key[0], str) else name.rsplit(":", 1)[-1]
         args = cache_key[1] if len(cache_key) > 1 else None

@@ -25,13 +25,16 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_core import to_jsonable_python
 
+from .. import _faults
 from .._sync import run_sync
 from ..codec import json_data
 from ..errors import (
     CorruptRecordError,
+    ExecutionAborted,
     ExecutionCompletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
+    IdentityError,
     LeaseLostError,
     NonIdempotentReplayError,
     PerdureError,
@@ -49,14 +52,14 @@ from ..records import (
     TaskSnapshot,
     UsageTotals,
     new_execution_id,
-    utcnow,
 )
 from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
 from .capability import PerdureDurability
 from .decisions import ApprovalDecision, ToolResolution, approvals_from_json, approvals_to_json
-from .identity import IdentityError, agent_identity, check_identity, normalize_allow_changes
-from .journal import ExecutionAborted, JournalRun, pending_call, response_tokens
+from .identity import agent_identity, check_identity, normalize_allow_changes
+from .journal import JournalRun, pending_call, response_tokens
+from .keys import round_key, started_units
 from .leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id, heartbeat, owner_is_dead
 
 __all__ = [
@@ -308,6 +311,7 @@ class ExecutionHandle:
         if head is None:
             head = await self._lease(create, metadata)
         try:
+            _faults.point("after_lease_acquire")
             result = await self._leased_attempt(
                 factory,
                 head,
@@ -342,9 +346,11 @@ class ExecutionHandle:
             metadata=json_data(dict(metadata or {}), execution_id=self.execution_id, what="metadata"),
         )
         try:
+            _faults.point("before_head_save")
             await self.storage.save_state_async(head)
         except LeaseLostError as exc:  # another worker created and leased it meanwhile
             raise ExecutionLeasedError(self.execution_id, exc.holder or "?", None) from exc
+        _faults.point("after_head_save")
         return await acquire_lease(
             self.storage, self.execution_id, self.worker_id, self.lease_ttl, wait=self.wait_for_lease
         )
@@ -397,14 +403,7 @@ class ExecutionHandle:
         head = _check_journal(self.storage, head, journal)
         _check_decisions(head, journal, approvals, resolutions)
         resuming = head.attempts > 0
-        head = head.model_copy(
-            update={
-                "attempts": head.attempts + 1,
-                "replay": ReplayStats(resumes=head.replay.resumes + (1 if resuming else 0)),
-                "identity": identity,
-                "updated_at": utcnow(),
-            }
-        )
+        head = head.attempt_started(identity)
         if self.debug and resuming:
             logger.info(
                 "[%s] recovering: status=%s at step %d (%s)%s; %d journaled steps will be replayed",
@@ -482,13 +481,15 @@ async def _record_end(write: Any, execution_id: str) -> None:
 
 def _interrupted_calls(journal: list[StepRecord]) -> list[str]:
     """Tool call ids with a `started` marker and no journaled result: interrupted mid-effect."""
-    done = {s.key.removeprefix("tool:") for s in journal if s.kind is StepKind.TOOL_CALL}
+    done = {s.key for s in journal if s.kind is StepKind.TOOL_CALL}
     started = [
         s.result.get("tool_call_id")
         for s in journal
-        if s.kind is StepKind.STARTED and isinstance(s.result, dict)
+        if s.kind is StepKind.STARTED
+        and isinstance(s.result, dict)
+        and not any(unit in done for unit in started_units(s.key))
     ]
-    return list(dict.fromkeys(i for i in started if isinstance(i, str) and i not in done))
+    return list(dict.fromkeys(i for i in started if isinstance(i, str)))
 
 
 def _check_decisions(
@@ -555,7 +556,7 @@ async def _journal_approval_round(
     """Journal the decisions with the history they continue, before the next round runs."""
     round_no = pending.round + 1
     await run.append_decision(
-        f"round:{round_no}",
+        round_key(round_no),
         "approval",
         {
             "round": round_no,

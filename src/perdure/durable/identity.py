@@ -38,7 +38,7 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.messages import ModelMessage, ModelRequest, SystemPromptPart
 from pydantic_ai.tools import DeferredToolRequests
 
-from ..errors import JournalMismatchError, PerdureError, ToolNotFoundError, UserError
+from ..errors import IdentityError, JournalMismatchError, ToolNotFoundError, UserError
 from ..records import ExecutionIdentity, IdentityChange
 from ..registry import object_ref
 
@@ -56,10 +56,6 @@ logger = logging.getLogger("perdure")
 
 CHANGE_KINDS = frozenset({"tools", "output", "instructions", "prompt"})
 """What `allow_changes` may name."""
-
-
-class IdentityError(PerdureError):
-    """Marker base: the resume was refused before anything ran; the head was not changed."""
 
 
 class _ToolMissing(ToolNotFoundError, IdentityError):

@@ -1,17 +1,9 @@
 """The live side of one durable execution: replay journaled units, journal new ones.
 
 A `JournalRun` is installed (through a context variable) for the duration of one attempt of an
-execution. Every durable unit pydantic-ai hands to perdure's operation backend comes here with a
-replay key. Keys never depend on timing:
-
-- a tool call is keyed `tool:<m>/<tool_call_id>`: `m` is the ordinal of the (journaled) model
-  response that asked for it and `tool_call_id` comes from that response, so the key is the same on
-  every replay, and unique even when a model reuses a `tool_call_id` in a later response (a repeat
-  inside one response gets `#2`, `#3`, ...). Journals written before this format (`tool:<id>`)
-  are still replayed;
-- every other unit (model requests, validation, event handlers, discovery) is keyed by its
-  operation name and its ordinal among units of that name, which is deterministic because tool
-  calls run sequentially inside an execution.
+execution. Every durable unit pydantic-ai hands to perdure's operation backend comes here and gets
+a replay key that never depends on timing (`tool:<m>/<tool_call_id>` for tool calls, `<name>#<n>`
+for other units; the formats live in `perdure.durable.keys`).
 
 A key found in the journal returns the recorded result without running the body; the first key not
 found starts live execution. Each live unit is appended to the journal together with the new head
@@ -21,8 +13,11 @@ Besides results, the journal holds three kinds of bookkeeping entries: a `starte
 before a non-idempotent tool runs (so a crash inside it is detected on resume instead of repeating
 it), one `attempt` entry per failed try under a retry policy (so attempt counts survive crashes),
 and `decision` entries for human decisions (approval rounds, resolutions of interrupted calls).
-Units of approval round N > 0 are keyed `r<N>/<name>#<n>`: each round is a new pydantic-ai run
-whose ordinals start again.
+
+The module is longer than most on purpose: `JournalRun` is one state machine (the journal read at
+the start, the head it advances, the key allocator, failed-attempt counts, the live unit), and
+replay, live units, bookkeeping and end states all read and write that shared state. Key formats,
+the step context, retries and head transitions live in their own modules.
 """
 
 from __future__ import annotations
@@ -30,27 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic_ai import RunContext
 from pydantic_ai.durable_exec import record_durable_unit
 
+from .. import _faults
 from ..errors import (
+    ExecutionAborted,
     JournalMismatchError,
     NonIdempotentReplayError,
-    PerdureError,
     SerializationError,
-    UserError,
 )
 from ..records import (
     ErrorInfo,
     ExecutionIdentity,
     ExecutionRecord,
-    ExecutionStatus,
     PendingCall,
     PendingDecision,
     StepKind,
@@ -58,12 +51,25 @@ from ..records import (
     utcnow,
 )
 from ..storage.base import DurableExecutionStorage
+from .circuit import CircuitBreaker
 from .decisions import ToolResolution
 from .identity import check_instructions
-from .retry import CircuitBreaker, RetryPolicy, call_with_retry
+from .keys import (
+    TOOL,
+    UnitKeys,
+    attempt_key,
+    attempt_unit,
+    decision_key,
+    is_decision_for,
+    is_round_key,
+    is_started_marker_for,
+    started_key,
+)
+from .retry import RetryPolicy, call_with_retry
+from .step_context import STEP, StepContext, current_step, idempotency_key
 from .threads import AttemptThreads
 
-__all__ = [
+__all__ = [  # ExecutionAborted and the step context are re-exported from their old home here
     "ExecutionAborted",
     "JournalRun",
     "StepContext",
@@ -79,80 +85,11 @@ __all__ = [
 logger = logging.getLogger("perdure")
 
 _CURRENT: ContextVar[JournalRun | None] = ContextVar("perdure_current_run", default=None)
-_STEP: ContextVar[StepContext | None] = ContextVar("perdure_current_step", default=None)
 
 
 def current_run() -> JournalRun | None:
     """The execution attempt running in this context, if any."""
     return _CURRENT.get()
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """The durable unit running right now, as seen from inside a tool (or model request)."""
-
-    execution_id: str
-    key: str
-    """Replay key of the unit, stable across resumes (`tool:<tool_call_id>` for tool calls)."""
-    name: str
-    """`tool:<name>`, `model_request`, ..."""
-    attempt: int
-    """1 for the first try; retries (also those of crashed processes) count up from the journal."""
-    tool_call_id: str | None = None
-
-    @property
-    def idempotency_key(self) -> str:
-        """A key to pass to external APIs that deduplicate requests (payments, emails, queues).
-
-        It is the same on every retry and every resume of this unit, and different for every other
-        unit, so an API that honours idempotency keys applies the effect once even when the
-        unit runs again after a crash between the effect and its journal write.
-        """
-        return f"{self.execution_id}:{self.key}"
-
-
-def current_step() -> StepContext:
-    """The unit running in this context; call it inside a tool of a durable execution.
-
-    Raises:
-        UserError: Called outside a durable unit (e.g. a tool run by a plain, non-durable agent).
-
-    """
-    step = _STEP.get()
-    if step is None:
-        raise UserError(
-            "perdure.current_step() is only available inside a tool or model request of a durable "
-            "execution (run the agent through perdure's Agent or DurableExecution.run_agent)."
-        )
-    return step
-
-
-def idempotency_key(ctx: RunContext[Any]) -> str:
-    """The idempotency key of the tool call `ctx` belongs to (same value as `current_step()`'s).
-
-    The key is `<execution id>:tool:<m>/<tool_call_id>` (`m`: the ordinal of the model response
-    that asked for the call), stable across retries and resumes and unique per call.
-    """
-    step = _STEP.get()
-    if not ctx.run_id or not ctx.tool_call_id or step is None or step.tool_call_id != ctx.tool_call_id:
-        raise UserError(
-            "idempotency_key(ctx) needs the RunContext of a tool call inside a durable execution."
-        )
-    return step.idempotency_key
-
-
-class ExecutionAborted(PerdureError):
-    """An operator resolved an interrupted call with `ToolResolution.abort()`; the run stops here."""
-
-    def __init__(self, execution_id: str, tool_name: str, tool_call_id: str) -> None:
-        super().__init__(
-            f"Execution {execution_id!r} was cancelled by the operator's resolution of {tool_name!r} "
-            f"(call {tool_call_id!r}). It will not be resumed; start a new execution to run the task again.",
-            execution_id=execution_id,
-            step=f"tool:{tool_name}",
-        )
-        self.tool_name = tool_name
-        self.tool_call_id = tool_call_id
 
 
 @dataclass(frozen=True)
@@ -209,15 +146,13 @@ class JournalRun:
         """Whether this attempt wrote its head yet (the attempt start is stored with the first write)."""
         self._instructions_checked = False
         self._deferred_cancel = False
-        self._call_keys: Counter[str] = Counter()
-        self._legacy_used: set[str] = set()
         self._journal = {step.key: step for step in journal}
+        self._keys = UnitKeys(self._journal)
         self._replay_remaining = sum(1 for step in journal if step.kind in _RESULT_KINDS)
         self._failed_attempts: Counter[str] = Counter(
-            step.key[len("attempt:") :].rsplit("#", 1)[0] for step in journal if step.kind is StepKind.ATTEMPT
+            unit for step in journal if step.kind is StepKind.ATTEMPT and (unit := attempt_unit(step.key))
         )
         self._decisions = sum(1 for step in journal if step.kind is StepKind.DECISION)
-        self._ordinals: defaultdict[str, int] = defaultdict(int)
         self._live: _LiveUnit | None = None
         self.on_unit: Callable[[StepRecord, bool], None] | None = None
         """Observer called after each unit with (step, replayed); used by tests and the demo."""
@@ -242,20 +177,10 @@ class JournalRun:
         _CURRENT.reset(token)
 
     def _key(self, unit: UnitIdentity) -> str:
-        round_prefix = f"r{self.round}/" if self.round else ""
         if unit.tool_call_id:
-            kind = "tool" if unit.kind is StepKind.TOOL_CALL else unit.key_base
-            key = f"{round_prefix}{kind}:{self._ordinals['model']}/{unit.tool_call_id}"
-            self._call_keys[key] += 1
-            if self._call_keys[key] > 1:  # the same id twice in one response
-                key = f"{key}#{self._call_keys[key]}"
-            legacy = f"{kind}:{unit.tool_call_id}"
-            if key not in self._journal and legacy in self._journal and legacy not in self._legacy_used:
-                self._legacy_used.add(legacy)  # a journal written before per-response keys
-                return legacy
-            return key
-        self._ordinals[unit.key_base] += 1
-        return f"{round_prefix}{unit.key_base}#{self._ordinals[unit.key_base]}"
+            kind = TOOL if unit.kind is StepKind.TOOL_CALL else unit.key_base
+            return self._keys.call(kind, unit.tool_call_id, round=self.round)
+        return self._keys.unit(unit.key_base, round=self.round)
 
     # ---- attempt start and identity ---------------------------------------------------------------
 
@@ -279,7 +204,9 @@ class JournalRun:
 
     async def save_head(self) -> None:
         """Store the head as it is now (the attempt start, identity updates)."""
+        _faults.point("before_head_save")
         await self.storage.save_state_async(self.head)
+        _faults.point("after_head_save")
         self._persisted = True
 
     async def _run_body(self, body: Callable[[], Awaitable[Any]]) -> Any:
@@ -363,11 +290,13 @@ class JournalRun:
                 self.execution_id, key, unit.name, self._failed_attempts[key] + 1, unit.tool_call_id
             )
 
-        step_token = _STEP.set(step_context())
+        if unit.kind is StepKind.TOOL_CALL:
+            _faults.point("before_tool_call", unit.name)
+        step_token = STEP.set(step_context())
         run_body = self._run_body
 
         async def attempt_body() -> Any:
-            _STEP.set(step_context())
+            STEP.set(step_context())
             return await run_body(body)
 
         async def record_failure(attempt: int, exc: BaseException, delay: float) -> None:
@@ -389,7 +318,11 @@ class JournalRun:
                     unit_name=unit.name,
                 )
         finally:
-            _STEP.reset(step_token)
+            STEP.reset(step_token)
+        if unit.kind is StepKind.MODEL_REQUEST:  # the result is in memory only, not journaled yet
+            _faults.point("inside_model_request")
+        elif unit.kind is StepKind.TOOL_CALL:
+            _faults.point("after_tool_call", unit.name)
         self._live = None
         seq = self.head.next_seq  # bookkeeping entries (attempts) may have taken positions meanwhile
         record_durable_unit(executed=True)
@@ -422,15 +355,14 @@ class JournalRun:
         Returns the step to use as the call's result when the call was resolved as done; None when
         the call should run now.
         """
-        prefix = f"started:{key}"
         markers = [
             step
             for step in self._journal.values()
-            if step.kind is StepKind.STARTED and (step.key == prefix or step.key.startswith(prefix + "#"))
+            if step.kind is StepKind.STARTED and is_started_marker_for(step.key, key)
         ]
         marker_result = {"tool_call_id": unit.tool_call_id, "args": _jsonable(unit.args)}
         if not markers:
-            await self._append_bookkeeping(StepKind.STARTED, prefix, unit.name, marker_result)
+            await self._append_bookkeeping(StepKind.STARTED, started_key(key), unit.name, marker_result)
             return None
         latest = max(markers, key=lambda step: step.seq)
         call_id = unit.tool_call_id or key
@@ -440,9 +372,7 @@ class JournalRun:
             journaled = [
                 step
                 for step in self._journal.values()
-                if step.kind is StepKind.DECISION
-                and step.key.startswith(f"decision:{key}#")
-                and step.seq > latest.seq
+                if step.kind is StepKind.DECISION and is_decision_for(step.key, key) and step.seq > latest.seq
             ]
             if not journaled:
                 raise NonIdempotentReplayError(
@@ -453,7 +383,7 @@ class JournalRun:
         else:
             await self._append_bookkeeping(
                 StepKind.DECISION,
-                f"decision:{key}#{self._decisions + 1}",
+                decision_key(key, self._decisions + 1),
                 unit.name,
                 {"tool_call_id": call_id, "action": resolution.action, "result": resolution.result},
             )
@@ -468,7 +398,7 @@ class JournalRun:
             )
             # A fresh marker: if this try is interrupted too, it needs a decision of its own.
             await self._append_bookkeeping(
-                StepKind.STARTED, f"{prefix}#{len(markers) + 1}", unit.name, marker_result
+                StepKind.STARTED, started_key(key, len(markers) + 1), unit.name, marker_result
             )
             return None
         step = StepRecord(
@@ -493,9 +423,7 @@ class JournalRun:
 
     def latest_round(self) -> dict[str, Any] | None:
         """Inputs of the latest approval round (`round`, `messages`, `approvals`), None before any."""
-        rounds = [
-            s for s in self._journal.values() if s.kind is StepKind.DECISION and s.key.startswith("round:")
-        ]
+        rounds = [s for s in self._journal.values() if s.kind is StepKind.DECISION and is_round_key(s.key)]
         if not rounds:
             return None
         latest = max(rounds, key=lambda s: s.seq).result
@@ -507,7 +435,7 @@ class JournalRun:
         self._failed_attempts[key] = attempt
         await self._append_bookkeeping(
             StepKind.ATTEMPT,
-            f"attempt:{key}#{attempt}",
+            attempt_key(key, attempt),
             unit.name,
             {
                 "attempt": attempt,
@@ -530,11 +458,11 @@ class JournalRun:
             started_at=now,
             finished_at=now,
         )
-        update: dict[str, Any] = {"next_seq": step.seq + 1, "updated_at": now}
-        if kind is StepKind.DECISION:  # a decision answers the pause
-            update.update(status=ExecutionStatus.SUCCESS, pending=None, error=None)
-        new_head = self.head.model_copy(update=update)
+        # A decision answers the pause; markers and attempts only take a journal position.
+        new_head = self.head.decided(step) if kind is StepKind.DECISION else self.head.noted(step)
+        _faults.point("before_journal_write", step.kind)
         await self.storage.append_step_async(new_head, step)
+        _faults.point("after_journal_write", step.kind)
         self.head = new_head
         self._persisted = True
         self._journal[key] = step
@@ -560,19 +488,10 @@ class JournalRun:
             usage = usage.model_copy(update={"tool_calls": usage.tool_calls + 1})
             if executed:  # a call resolved as done by an operator took effect, but not here
                 replay = replay.model_copy(update={"executed_tool_calls": replay.executed_tool_calls + 1})
-        new_head = head.model_copy(
-            update={
-                "status": ExecutionStatus.SUCCESS,
-                "step_index": step.seq,
-                "step_name": step.name,
-                "error": None,
-                "updated_at": step.finished_at,
-                "next_seq": step.seq + 1,
-                "usage": usage,
-                "replay": replay,
-            }
-        )
+        new_head = head.advanced(step, usage, replay)
+        _faults.point("before_journal_write", step.kind)
         await self.storage.append_step_async(new_head, step)
+        _faults.point("after_journal_write", step.kind)
         self.head = new_head
         self._persisted = True
         if self.debug:
@@ -608,15 +527,7 @@ class JournalRun:
     async def mark_failed(self, exc: BaseException) -> None:
         """Store the head as `failed` at the failing step, with the error's type, message, traceback."""
         seq, name = self.failure_point()
-        self.head = self.head.model_copy(
-            update={
-                "status": ExecutionStatus.FAILED,
-                "step_index": seq,
-                "step_name": name,
-                "error": ErrorInfo.from_exception(exc),
-                "updated_at": utcnow(),
-            }
-        )
+        self.head = self.head.failed(exc, seq, name)
         await self.save_head()
         if self.debug:
             logger.info(
@@ -625,14 +536,7 @@ class JournalRun:
 
     async def mark_paused(self, pending: PendingDecision, error: BaseException | None = None) -> None:
         """Store the head as `paused`, waiting for the human decision `pending` describes."""
-        self.head = self.head.model_copy(
-            update={
-                "status": ExecutionStatus.PAUSED,
-                "pending": pending,
-                "error": ErrorInfo.from_exception(error) if error is not None else None,
-                "updated_at": utcnow(),
-            }
-        )
+        self.head = self.head.paused(pending, error)
         await self.save_head()
         if self.debug:
             logger.info(
@@ -644,27 +548,12 @@ class JournalRun:
 
     async def mark_cancelled(self, exc: BaseException) -> None:
         """Store the head as `cancelled` (an operator aborted it)."""
-        self.head = self.head.model_copy(
-            update={
-                "status": ExecutionStatus.CANCELLED,
-                "pending": None,
-                "error": ErrorInfo.from_exception(exc),
-                "updated_at": utcnow(),
-            }
-        )
+        self.head = self.head.cancelled(exc)
         await self.save_head()
 
     async def mark_completed(self, output: Any) -> None:
         """Store the head as `completed` with the run's output."""
-        self.head = self.head.model_copy(
-            update={
-                "status": ExecutionStatus.COMPLETED,
-                "error": None,
-                "pending": None,
-                "output": output,
-                "updated_at": utcnow(),
-            }
-        )
+        self.head = self.head.completed(output)
         await self.save_head()
         if self.debug:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)

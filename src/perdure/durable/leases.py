@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from .. import _faults
 from ..errors import ExecutionLeasedError, LeaseLostError, StorageUnavailableError
 from ..records import ExecutionRecord
 from ..storage.base import DurableExecutionStorage
@@ -96,6 +97,7 @@ async def heartbeat(
     while True:
         await asyncio.sleep(ttl / 3)
         try:
+            _faults.point("lease_renew")
             expires = await storage.renew_lease_async(execution_id, owner, ttl)
             on_renewed(expires)
         except LeaseLostError as exc:

@@ -47,16 +47,17 @@ from ..errors import (
     ExecutionCompletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
+    IdentityError,
     NonIdempotentReplayError,
-    PerdureError,
+    RecoveryGaveUpError,
     ToolNotFoundError,
     UnregisteredReferenceError,
     UserError,
 )
-from ..records import ErrorInfo, ExecutionRecord, ExecutionStatus, utcnow
+from ..records import ExecutionRecord, ExecutionStatus, utcnow
 from ..storage.base import DurableExecutionStorage
 from .engine import AgentFactory, ExecutionHandle, ResumeTarget
-from .identity import IdentityError, normalize_allow_changes
+from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
 
 __all__ = [
@@ -83,19 +84,6 @@ _REFUSALS = (IdentityError, ToolNotFoundError, UnregisteredReferenceError, Corru
 """Errors that refuse a resume before anything runs; the same program resuming again cannot help."""
 
 _NEVER_RECOVERED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.CANCELLED, ExecutionStatus.PAUSED})
-
-
-class RecoveryGaveUpError(PerdureError):
-    """Recorded on an interrupted execution that reached `max_attempts`: recovery stopped retrying it."""
-
-    def __init__(self, execution_id: str, attempts: int) -> None:
-        super().__init__(
-            f"Recovery gave up after {attempts} attempts of execution {execution_id!r}: it was interrupted "
-            f"every time (a worker crash, kill or timeout). Inspect it with `perdure show`, fix the cause, "
-            f"then resume it by hand with agent.continue_durable({execution_id!r}, storage).",
-            execution_id=execution_id,
-        )
-        self.attempts = attempts
 
 
 @dataclass
@@ -377,15 +365,7 @@ async def _recover_leased(
             report.skipped[execution_id] = f"max attempts reached ({head.attempts})"
             return report
         error = RecoveryGaveUpError(execution_id, head.attempts)
-        await storage.save_state_async(
-            head.model_copy(
-                update={
-                    "status": ExecutionStatus.FAILED,
-                    "error": ErrorInfo.from_exception(error),
-                    "updated_at": utcnow(),
-                }
-            )
-        )
+        await storage.save_state_async(head.failed(error))
         logger.error("[%s] %s", execution_id, error)
         report.failed[execution_id] = f"gave up after {head.attempts} attempts"
         return report

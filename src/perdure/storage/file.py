@@ -48,7 +48,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import threading
 import time
 import uuid
@@ -57,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from .. import _faults
 from ..codec import JSON, Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
@@ -85,8 +85,6 @@ JOURNAL_FILE = "journal.jsonl"
 LEASE_FILE = "lease.json"
 TOMBSTONES_DIR = "#tombstones"
 TRASH_DIR = "#trash"
-_FAULT_ENV = "PERDURE_FILE_FAULT"
-"""Test hook: `delete-after-rename` SIGKILLs the process between a delete's rename and its removal."""
 _ENVELOPE_PREFIX = b'{"codec":'
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # always `fullmatch`: `$` would let a trailing newline in
 _CHUNK = 1 << 20
@@ -377,8 +375,7 @@ class FileDurableStorage(DurableExecutionStorage):
         with self._cache_lock:
             self._journal_cache.pop(execution_id, None)
         if trash is not None:
-            if os.environ.get(_FAULT_ENV) == "delete-after-rename":  # pragma: no cover - crash tests
-                os.kill(os.getpid(), signal.SIGKILL)
+            _faults.point("delete_after_rename")
             shutil.rmtree(trash, ignore_errors=True)  # what is left, cleanup or the next open removes
         return existed
 
@@ -397,6 +394,7 @@ class FileDurableStorage(DurableExecutionStorage):
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            _faults.point("before_head_replace")
             os.replace(tmp, directory / HEAD_FILE)
         except BaseException:  # disk full, I/O error, cancelled: leave no temp file behind
             with contextlib.suppress(OSError):
@@ -725,6 +723,7 @@ class FileDurableStorage(DurableExecutionStorage):
                 count, good = self._journal_state(step.execution_id, fd)
                 if step.seq != count:
                     raise StepConflictError(step.execution_id, step.seq)
+                _faults.point("before_journal_line", tear=(fd, line))
                 _write_all(fd, line)
                 if self.fsync:
                     os.fsync(fd)

@@ -664,16 +664,13 @@ class PostgresDurableStorage(DurableExecutionStorage):
             return LAYOUT_VERSION
 
     def _incompatible(self, found: int) -> IncompatibleSchemaError:
-        err = IncompatibleSchemaError(self._names.meta, found, LAYOUT_VERSION)
-        err.execution_id = None
-        err.message = (
-            f"The perdure tables {self._names.heads}/{self._names.steps} in PostgreSQL database "
-            f"{self._where} have layout version {found} (see table {self._names.meta}), but this "
-            f"perdure supports layouts up to {LAYOUT_VERSION}. Upgrade perdure in this process (the "
-            f"tables were left unchanged), or use another table_prefix."
+        where = (
+            f"PostgreSQL database {self._where} (tables {self._names.heads}/{self._names.steps}, layout "
+            f"version in table {self._names.meta})"
         )
-        err.args = (err.message,)
-        return err
+        return IncompatibleSchemaError(
+            None, found, LAYOUT_VERSION, where=where, hint=", or use another table_prefix"
+        )
 
     async def _query(
         self, sql: str, params: _Params, execution_id: str | None, step: StepRecord | None = None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from .. import _faults
 from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
@@ -345,7 +346,8 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         except sqlite3.Error as exc:
             raise self._unavailable(exc, None) from exc
         if found > SCHEMA_VERSION:
-            raise IncompatibleSchemaError("*", found, SCHEMA_VERSION)
+            where = f"SQLite database {self.db_path} (schema version in table {self.table_name}_meta)"
+            raise IncompatibleSchemaError(None, found, SCHEMA_VERSION, where=where)
 
     def _create_schema(self, conn: sqlite3.Connection) -> int:
         """Create or upgrade the tables in one transaction; return the stored schema version."""
@@ -364,6 +366,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                     conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
             conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
             found = int(conn.execute(self._sql_meta_get).fetchone()[0])
+            _faults.point("before_commit")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -452,6 +455,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = work(conn)
+                    _faults.point("before_commit")
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
