@@ -18,7 +18,7 @@ from .circuit import CircuitBreaker, circuit_breaker_for, circuit_stats
 from .decisions import ToolResolution
 from .engine import AgentFactory, AttemptResult, ResumeTarget
 from .execution import DurableExecution
-from .journal import ExecutionAborted, StepContext, current_run, current_step, idempotency_key
+from .journal import ExecutionAborted, StepContext, current_step, idempotency_key
 from .retry import RetryPolicy
 from .transient import is_transient
 
@@ -47,7 +47,6 @@ __all__ = [
     "ToolResolution",
     "circuit_breaker_for",
     "circuit_stats",
-    "current_run",
     "current_step",
     "idempotency_key",
     "is_transient",
