@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import io
 import itertools
@@ -62,6 +63,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_ai import Agent
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    DurableOperationBackend,
+    DurableOperationId,
+    JournalCallableOperationBackend,
+    RoleBasedOperationConfig,
+)
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import UsageLimits
@@ -180,12 +189,13 @@ class Settings:
     b_tool_calls: int
     c_reps: int
     d_steps: int
+    e_tool_calls: int
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if quick:
-            return cls(True, 3, 100, 200, 10, 3, 50, 5, 1000)
-        return cls(False, 7, 200, 500, 20, 12, 50, 9, 1000)
+            return cls(True, 3, 100, 200, 10, 3, 50, 5, 1000, 200)
+        return cls(False, 7, 200, 500, 20, 12, 50, 9, 1000, 200)
 
 
 @dataclass
@@ -463,43 +473,170 @@ def make_agent(tool_calls: int, durable: bool) -> Agent[None, str]:
     return Agent(scripted_model(tool_calls), name="bench", tools=[lookup], capabilities=capabilities)
 
 
-async def bench_agent(settings: Settings, report: Report) -> None:
-    """(b): a durable 50-tool-call agent run vs the plain run (SQLite NORMAL and FULL, and memory).
+# ---- (e) decomposition of the per-unit cost of a durable agent run -------------------------------
 
-    The runs of one repetition go in a rotating order; each yields wall time (the goal) and the
-    process's CPU time (all threads), which other processes on the machine disturb less.
+
+class _PassThroughBackend(JournalCallableOperationBackend[dict[str, Any]]):
+    """pydantic-ai's durable layer with nothing behind it: every unit just runs its body."""
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: dict[str, Any],
+    ) -> object:
+        return await body()
+
+
+class PassThroughDurability(BaseDurabilityCapability[Any]):
+    """perdure's engine spec (sequential tools, ...) with pydantic-ai's own `JSON_CODEC` and a pass-through
+    backend: what pydantic-ai's durable layer costs before any engine (perdure's codec checks count as
+    perdure's)."""
+
+    engine_spec = dataclasses.replace(
+        PerdureDurability.engine_spec, engine_name="passthrough", codec=JSON_CODEC
+    )
+
+    @property
+    def in_durable_context(self) -> bool:
+        return True
+
+    def get_durable_operation_backend(self) -> DurableOperationBackend[dict[str, Any]]:
+        base: dict[str, Any] = {}
+        return _PassThroughBackend(
+            agent_name=self.name,
+            default_model_id=self.default_model_id,
+            config=RoleBasedOperationConfig(model=base, event=base, capability=base, tool=base),
+        )
+
+
+class RecordingStorage(InMemoryDurableStorage):
+    """In-memory storage that also keeps every write, to replay the same rows as raw transactions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[ExecutionRecord, StepRecord | None]] = []
+
+    async def save_state_async(self, record: ExecutionRecord) -> None:
+        await super().save_state_async(record)
+        self.writes.append((record, None))
+
+    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
+        await super().append_step_async(record, step)
+        self.writes.append((record, step))
+
+
+def _head_row(head: ExecutionRecord, execution_id: str) -> tuple[Any, ...]:
+    payload = encode_head(head)
+    return (
+        execution_id,
+        head.status.value,
+        ts(head.created_at),
+        ts(head.updated_at),
+        head.schema_version,
+        "json",
+        payload,
+    )
+
+
+def _step_row(step: StepRecord, execution_id: str) -> tuple[Any, ...]:
+    return (execution_id, step.seq, step.kind.value, step.name, step.key, "json", encode_step(step))
+
+
+class RawAgentRows:
+    """The transactions a durable agent run makes, as raw rows: one txn per head save or step."""
+
+    def __init__(self, writes: list[tuple[ExecutionRecord, StepRecord | None]]) -> None:
+        self.writes = [(_head_row(h, "x"), _step_row(s, "x") if s else None) for h, s in writes]
+        self.steps = sum(1 for _, s in writes if s is not None)
+        self.bytes = sum(len(s[-1]) for _, s in self.writes if s) + len(self.writes[-1][0][-1])
+
+    def run(self, sql: BaselineSQL, conn: sqlite3.Connection, execution_id: str) -> None:
+        """Write every transaction of the run for `execution_id`."""
+        for head_row, step_row in self.writes:
+            conn.execute("BEGIN IMMEDIATE")
+            if step_row is not None:
+                conn.execute(sql.insert_step, (execution_id, *step_row[1:]))
+            conn.execute(sql.upsert_head, (execution_id, *head_row[1:]))
+            conn.execute("COMMIT")
+
+
+def records_bytes(path: Path) -> tuple[int, int]:
+    """Bytes of the stored records (step and head payloads) in a perdure SQLite database, and rows."""
+    conn = sqlite3.connect(path)
+    try:
+        steps, rows = conn.execute(f"SELECT SUM(LENGTH(payload)), COUNT(*) FROM {_S}").fetchone()
+        heads, head_rows = conn.execute(f"SELECT SUM(LENGTH(payload)), COUNT(*) FROM {_T}").fetchone()
+    finally:
+        conn.close()
+    return (steps or 0) + (heads or 0), rows + head_rows
+
+
+async def bench_decompose(settings: Settings, report: Report) -> None:
+    """(e): where a durable agent unit's time goes, and the database bytes per record byte.
+
+    Runners, in a rotating order per repetition: the plain agent; pydantic-ai's durable layer with
+    a pass-through backend; perdure with in-memory storage, SQLite NORMAL and FULL; and a raw
+    FULL transaction per write of the same rows (captured from a perdure run, in a separate database
+    with the backend's schema and pragmas). Per-unit figures divide by the run's journaled units.
     """
     n = settings.b_tool_calls
-    units = 2 * n + 1
     limits = UsageLimits(request_limit=None)
-    plain = make_agent(n, durable=False)
-    durable = make_agent(n, durable=True)
     expected = f"looked up {n} items"
+    plain = make_agent(n, durable=False)
+    passthrough = Agent(
+        scripted_model(n), name="bench", tools=[lookup], capabilities=[PassThroughDurability()]
+    )
+    durable = make_agent(n, durable=True)
+    recorder = RecordingStorage()
+    attempt = await DurableExecution(recorder, auto_cleanup=False).run_agent_async(
+        durable, "look everything up", usage_limits=limits
+    )
+    units = attempt.head.next_seq
+    raw_rows = RawAgentRows(recorder.writes)
+    counter = itertools.count()
     with tempfile.TemporaryDirectory(prefix="perdure-bench-") as tmp:
         stores: dict[str, DurableExecutionStorage] = {
             mode: sqlite_storage(Path(tmp), f"agent-{mode.lower()}.db", mode) for mode in ("NORMAL", "FULL")
         }
         stores["memory"] = InMemoryDurableStorage()
+        full_store = stores["FULL"]
+        assert isinstance(full_store, SQLiteDurableStorage)
+        sql = BaselineSQL.of(full_store)
+        conn = sql.connect(Path(tmp) / "raw.db")
 
         async def run_plain() -> None:
             result = await plain.run("look everything up", usage_limits=limits)
             if result.output != expected:
                 raise RuntimeError(f"plain run answered {result.output!r}")
 
+        async def run_passthrough() -> None:
+            result = await passthrough.run("look everything up", usage_limits=limits)
+            if result.output != expected:
+                raise RuntimeError(f"pass-through run answered {result.output!r}")
+
         def run_durable(mode: str) -> Callable[[], Awaitable[None]]:
             async def go() -> None:
                 execution = DurableExecution(stores[mode], auto_cleanup=False)
-                attempt = await execution.run_agent_async(durable, "look everything up", usage_limits=limits)
-                if attempt.output != expected or attempt.head.next_seq != units:
-                    raise RuntimeError(f"durable run: {attempt.output!r}, {attempt.head.next_seq} steps")
+                done = await execution.run_agent_async(durable, "look everything up", usage_limits=limits)
+                if done.output != expected or done.head.next_seq != units:
+                    raise RuntimeError(f"durable run: {done.output!r}, {done.head.next_seq} steps")
 
             return go
 
+        async def run_raw() -> None:
+            raw_rows.run(sql, conn, f"raw-{next(counter):08d}")
+
         runners: dict[str, Callable[[], Awaitable[None]]] = {
             "plain": run_plain,
+            "passthrough": run_passthrough,
+            "memory": run_durable("memory"),
             "NORMAL": run_durable("NORMAL"),
             "FULL": run_durable("FULL"),
-            "memory": run_durable("memory"),
+            "raw": run_raw,
         }
         for runner in runners.values():  # warmup
             await runner()
@@ -514,26 +651,147 @@ async def bench_agent(settings: Settings, report: Report) -> None:
                 await runners[name]()
                 wall[name].append(time.perf_counter() - w0)
                 cpu[name].append(time.process_time() - c0)
+        conn.close()
         for store in stores.values():
             await store.close_async()
-    for key, mode, goal in (("b1", "NORMAL", 1.5), ("b2", "FULL", None), ("b0", "memory", None)):
-        ratios = [d / p for d, p in zip(wall[mode], wall["plain"], strict=True)]
-        cpu_ratios = [d / p for d, p in zip(cpu[mode], cpu["plain"], strict=True)]
-        ratio = median(ratios)
-        label = f"sync={mode}" if mode != "memory" else "InMemoryDurableStorage"
-        extra = (median(wall[mode]) - median(wall["plain"])) / units * 1e3
-        row = Row(
-            key,
-            f"durable / plain agent run, {n} tools, {label}",
-            f"{ratio:.2f}x",
-            f"<= {goal}x" if goal else "report",
-            verdict(ratio <= goal) if goal else "-",
-            spread(ratios),
-            f"{median(wall[mode]) * 1e3:.0f} vs {median(wall['plain']) * 1e3:.0f} ms/run wall "
-            f"(+{extra:.2f} ms per each of {units} units); CPU ratio {median(cpu_ratios):.2f}x",
+        # bytes: one fresh FULL database holding one run of `e_tool_calls` tool calls
+        size_agent = make_agent(settings.e_tool_calls, durable=True)
+        path = Path(tmp) / "size.db"
+        size_store = sqlite_storage(Path(tmp), "size.db", "FULL")
+        empty = db_bytes(path)
+        await DurableExecution(size_store, auto_cleanup=False).run_agent_async(
+            size_agent, "look everything up", usage_limits=limits
         )
-        report.rows.append(row)
+        await size_store.close_async()
+        file_size = db_bytes(path)
+        content, row_count = records_bytes(path)
+
+    def per_unit(a: str, b: str) -> list[float]:  # paired per-repetition differences, ms per unit
+        return [(x - y) / units * 1e3 for x, y in zip(wall[a], wall[b], strict=True)]
+
+    def ms_range(values: list[float]) -> str:
+        return f"{min(values):.3f}-{max(values):.3f} ms"
+
+    layers = [
+        ("e1", "pydantic-ai durable layer: pass-through - plain", per_unit("passthrough", "plain")),
+        ("e2", "perdure engine: in-memory - pass-through", per_unit("memory", "passthrough")),
+        ("e3", "storage share, sync=NORMAL: NORMAL - in-memory", per_unit("NORMAL", "memory")),
+        ("e4", "storage share, sync=FULL: FULL - in-memory", per_unit("FULL", "memory")),
+    ]
+    raw_unit = [x / units * 1e3 for x in wall["raw"]]
+    for key, label, diffs in layers:
+        value = median(diffs)
+        goal = 0.15 if key == "e2" else None
+        cpu_diff = ""
+        if key == "e2":
+            cpu_diff = (median(cpu["memory"]) - median(cpu["passthrough"])) / units * 1e3
+            cpu_diff = f"; CPU time {cpu_diff:.3f} ms/unit"
+        report.rows.append(
+            Row(
+                key,
+                f"{label}, per unit",
+                f"{value:.3f} ms",
+                f"<= {goal} ms" if goal else "report",
+                verdict(value <= goal) if goal else "-",
+                ms_range(diffs),
+                f"{units} units per run ({n} tool calls){cpu_diff}",
+            )
+        )
+    share = per_unit("FULL", "memory")
+    ratios = [s / r for s, r in zip(share, raw_unit, strict=True)]
+    ratio = median(ratios)
+    report.rows.append(
+        Row(
+            "e5",
+            "storage share FULL / raw FULL txn of the same rows",
+            f"{ratio:.2f}x",
+            "<= 1.2x",
+            verdict(ratio <= 1.2),
+            spread(ratios),
+            f"{median(share):.3f} vs {median(raw_unit):.3f} ms per unit "
+            f"({len(raw_rows.writes)} raw txns per run)",
+        )
+    )
+    size_ratio = file_size / content
+    report.rows.append(
+        Row(
+            "e6",
+            f"SQLite file / bytes of its records, {settings.e_tool_calls} tool calls",
+            f"{size_ratio:.2f}x",
+            "<= 1.3x",
+            verdict(size_ratio <= 1.3),
+            "",
+            f"{file_size / 1e3:.0f} KB file (empty db {empty / 1e3:.0f} KB) for {content / 1e3:.0f} KB "
+            f"in {row_count} records ({(file_size - empty) / content:.2f}x net of the empty db)",
+        )
+    )
+    for key, mode in (("b0", "memory"), ("b1", "NORMAL"), ("b2", "FULL")):
+        report.rows.append(_agent_row(key, mode, n, units, wall, cpu))
+    engine = await engine_unit_ms(units)
+    report.notes.append(
+        f"(e) perdure's run_unit alone on in-memory storage (model-request-sized results): "
+        f"{engine:.3f} ms/unit"
+    )
     report.rows.sort(key=lambda r: r.key)
+    times = ", ".join(f"{name} {median(wall[name]) / units * 1e3:.3f}" for name in runners)
+    report.notes.append(f"(e) median ms per unit: {times}")
+
+
+def _agent_row(
+    key: str, mode: str, n: int, units: int, wall: dict[str, list[float]], cpu: dict[str, list[float]]
+) -> Row:
+    """(b): a durable agent run over the plain run, from the runs of (e)."""
+    goal = 1.5 if mode == "NORMAL" else None
+    ratios = [d / p for d, p in zip(wall[mode], wall["plain"], strict=True)]
+    cpu_ratios = [d / p for d, p in zip(cpu[mode], cpu["plain"], strict=True)]
+    ratio = median(ratios)
+    label = f"sync={mode}" if mode != "memory" else "InMemoryDurableStorage"
+    extra = (median(wall[mode]) - median(wall["plain"])) / units * 1e3
+    return Row(
+        key,
+        f"durable / plain agent run, {n} tools, {label}",
+        f"{ratio:.2f}x",
+        f"<= {goal}x" if goal else "report",
+        verdict(ratio <= goal) if goal else "-",
+        spread(ratios),
+        f"{median(wall[mode]) * 1e3:.0f} vs {median(wall['plain']) * 1e3:.0f} ms/run wall "
+        f"(+{extra:.2f} ms per each of {units} units); CPU ratio {median(cpu_ratios):.2f}x",
+    )
+
+
+async def engine_unit_ms(count: int) -> float:
+    """Median over 5 blocks of `JournalRun.run_unit` on in-memory storage, ms per unit.
+
+    Units alternate a ~600 B model-response-like result and a small tool result, as in the agent run.
+    """
+    response = {
+        "parts": [{"part_kind": "tool-call", "tool_name": "lookup", "args": {"i": 1}}],
+        "x": "y" * 500,
+    }
+    tool = {"i": 1, "name": "item-1", "ok": True}
+    units = [
+        UnitIdentity(StepKind.MODEL_REQUEST, "model_request", "model"),
+        UnitIdentity(StepKind.OTHER, "t", "t"),
+    ]
+
+    async def body_model() -> Any:
+        return response
+
+    async def body_tool() -> Any:
+        return tool
+
+    bodies = [body_model, body_tool]
+    blocks: list[float] = []
+    storage = InMemoryDurableStorage()
+    for block in range(6):
+        run = await new_run(storage, f"engine-{block}")
+        gc.collect()
+        start = time.perf_counter()
+        for i in range(count):
+            await run.run_unit(units[i % 2], bodies[i % 2])
+        if block:  # the first block is warmup
+            blocks.append((time.perf_counter() - start) / count * 1e3)
+    return median(blocks)
 
 
 # ---- (c) step 1000 vs step 10 --------------------------------------------------------------------
@@ -711,7 +969,7 @@ async def main_async(settings: Settings, profile: bool) -> str:
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("(a) step vs raw, FULL", lambda: bench_step(settings, "FULL", report, "a1")),
         ("(a) step vs raw, NORMAL", lambda: bench_step(settings, "NORMAL", report, "a2")),
-        ("(b) agent runs", lambda: bench_agent(settings, report)),
+        ("(b, e) agent runs, decomposition", lambda: bench_decompose(settings, report)),
         ("(c) growth", lambda: bench_growth(settings, report)),
         ("(d) bytes", lambda: bench_size(settings, report)),
     ]

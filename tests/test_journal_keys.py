@@ -25,7 +25,6 @@ from perdure.durable import (
     RetryPolicy,
     ToolResolution,
 )
-from perdure.durable.engine import _interrupted_calls
 from perdure.durable.keys import (
     MODEL_REQUEST,
     TOOL,
@@ -45,6 +44,7 @@ from perdure.durable.keys import (
     started_units,
     unit_key,
 )
+from perdure.durable.prechecks import interrupted_calls as _interrupted_calls
 from perdure.errors import NonIdempotentReplayError, UserError
 from perdure.records import ExecutionStatus, StepKind, StepRecord
 

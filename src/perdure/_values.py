@@ -336,16 +336,66 @@ class JournalCodec:
         if problem is not None:
             raise UnstorableValueError(*refusal_detail(problem))
         try:
-            return self._json_codec().dump(tp, value)
+            data = self._json_codec().dump(tp, value)
         except (PydanticSerializationError, ValueError, RecursionError) as exc:
             text = str(exc)
             if isinstance(exc, RecursionError) or "depth exceeded" in text or "Circular reference" in text:
                 raise UnstorableValueError(type_name(_payload(value)), nesting_detail(value)) from exc
             raise
+        if _is_model_response(value):
+            _drop_defaults(value, data)
+        return data
 
     def load(self, tp: Any, payload: Any) -> Any:
         """Rebuild the value from its JSON data (`JSON_CODEC.load`)."""
         return self._json_codec().load(tp, payload)
+
+
+_MODEL_RESPONSE: Any = None
+_SCALAR_DEFAULTS = (type(None), int, float, bool)
+
+
+def _is_model_response(value: Any) -> bool:
+    global _MODEL_RESPONSE
+    if _MODEL_RESPONSE is None:
+        from pydantic_ai.messages import ModelResponse
+
+        _MODEL_RESPONSE = ModelResponse
+    return isinstance(value, _MODEL_RESPONSE)
+
+
+def _drop_defaults(value: Any, data: Any) -> None:
+    """Remove from `data` (the JSON dump of `value`) the fields that hold their `None`/number default.
+
+    Only for model responses (pydantic-ai's own dataclasses), never for tool results: a stored model
+    response is then about half its size (most of its fields are `None` or `0`), which keeps a
+    journal entry inside one SQLite page. Loading fills the dropped fields with the same defaults, so
+    the rebuilt response equals the one the model returned; records with every field stay readable.
+    A field is dropped only when its declared default is a plain `None`, number or bool, the value
+    is exactly that default (same type) and the dump wrote it under the field's own name; fields
+    with a factory or a `Field(...)` default, strings (discriminators such as `part_kind`) and the
+    contents of dicts are kept as they are.
+    """
+    if isinstance(data, dict) and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            name = f.name
+            if name not in data:
+                continue
+            item = getattr(value, name, None)
+            default = f.default
+            if (
+                type(default) in _SCALAR_DEFAULTS
+                and type(item) is type(default)
+                and item == default
+                and data[name] == default
+                and type(data[name]) is type(default)
+            ):
+                del data[name]
+            else:
+                _drop_defaults(item, data[name])
+    elif isinstance(data, list) and isinstance(value, list | tuple) and len(value) == len(data):
+        for item, dumped in zip(value, data, strict=True):
+            _drop_defaults(item, dumped)
 
 
 JOURNAL_CODEC = JournalCodec()

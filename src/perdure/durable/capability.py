@@ -192,7 +192,7 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         """
         request_context = await super().before_model_request(ctx, request_context)
         run = current_run()
-        if run is not None:
+        if run is not None and not run.instructions_checked:  # the hash scans the whole history: once
             digest = instructions_hash(
                 request_context.messages, request_context.model_request_parameters.instruction_parts
             )

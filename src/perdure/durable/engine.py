@@ -21,7 +21,6 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.agent import AgentRunResult
 from pydantic_ai.durable_exec import replay_scope
 from pydantic_ai.exceptions import UserError as PydanticAIUserError
-from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_core import to_jsonable_python
 
@@ -29,7 +28,6 @@ from .. import _faults
 from .._sync import run_sync
 from ..codec import json_data
 from ..errors import (
-    CorruptRecordError,
     ExecutionAborted,
     ExecutionCompletedError,
     ExecutionLeasedError,
@@ -37,30 +35,27 @@ from ..errors import (
     IdentityError,
     LeaseLostError,
     NonIdempotentReplayError,
-    PerdureError,
     StorageNotFoundError,
     UserError,
 )
 from ..records import (
     ExecutionRecord,
     ExecutionStatus,
-    PendingCall,
     PendingDecision,
     ReplayStats,
-    StepKind,
     StepRecord,
     TaskSnapshot,
-    UsageTotals,
     new_execution_id,
 )
 from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
-from .capability import PerdureDurability
-from .decisions import ApprovalDecision, ToolResolution, approvals_from_json, approvals_to_json
+from .approvals import approval_pending, continue_round, journal_approval_round
+from .attempt_end import explain_unregistered_model, record_end
+from .decisions import ApprovalDecision, ToolResolution
 from .identity import agent_identity, check_identity, normalize_allow_changes
-from .journal import JournalRun, pending_call, response_tokens
-from .keys import round_key, started_units
+from .journal import JournalRun, pending_call
 from .leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id, heartbeat, owner_is_dead
+from .prechecks import check_decisions, check_durable, check_journal, check_resumable
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -366,14 +361,7 @@ class ExecutionHandle:
         resolutions: dict[str, ToolResolution],
         allow: frozenset[str],
     ) -> AttemptResult[Any]:
-        if head.status is ExecutionStatus.COMPLETED:
-            raise ExecutionCompletedError(head.execution_id)
-        if head.status is ExecutionStatus.CANCELLED:
-            raise PerdureError(
-                f"Execution {head.execution_id!r} was cancelled; it is not resumed. Start a new execution "
-                f"to run the task again.",
-                execution_id=head.execution_id,
-            )
+        check_resumable(head)
         target = factory(head)
         if inspect.isawaitable(target):
             target = await target
@@ -385,12 +373,7 @@ class ExecutionHandle:
                 f"pydantic-ai Agent with PerdureDurability (or a ResumeTarget)."
             )
         agent = target.agent
-        if PerdureDurability.from_agent(agent) is None:
-            raise UserError(
-                f"Agent {agent.name!r} is not durable: create it with "
-                f"`capabilities=[PerdureDurability()]` (from perdure.durable) to run execution "
-                f"{head.execution_id!r}, or use perdure.Agent."
-            )
+        check_durable(agent, head.execution_id)
         run_prompt = prompt if prompt is not None else head.task.description
         identity = check_identity(
             head.execution_id,
@@ -400,8 +383,8 @@ class ExecutionHandle:
             attempt=head.attempts + 1,
         )
         journal = await self.storage.load_steps_async(head.execution_id)
-        head = _check_journal(self.storage, head, journal)
-        _check_decisions(head, journal, approvals, resolutions)
+        head = check_journal(self.storage, head, journal)
+        check_decisions(head, journal, approvals, resolutions)
         resuming = head.attempts > 0
         head = head.attempt_started(identity)
         if self.debug and resuming:
@@ -418,17 +401,9 @@ class ExecutionHandle:
             self.storage, head, journal, debug=self.debug, resolutions=resolutions, allow_changes=allow
         )
         run.on_unit = on_unit
-        if approvals is not None and head.pending is not None and head.pending.kind == "approval":
-            await _journal_approval_round(run, head.pending, approvals)
-        round_input = run.latest_round()
+        await journal_approval_round(run, head.pending, approvals)
         kwargs = dict(target.run_kwargs)
-        if round_input is not None:
-            run.round = round_input["round"]
-            kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(round_input["messages"])
-            kwargs["deferred_tool_results"] = approvals_from_json(round_input["approvals"])
-            user_prompt: str | None = None
-        else:
-            user_prompt = run_prompt
+        user_prompt = continue_round(run, kwargs, run_prompt)
         token = run.activate()
 
         def renewed(expires: object) -> None:
@@ -444,26 +419,26 @@ class ExecutionHandle:
             raise  # refused before anything ran: the head stays as it was
         except NonIdempotentReplayError as exc:
             pending = PendingDecision(kind="non_idempotent", calls=[pending_call(exc)], round=run.round)
-            await _record_end(run.mark_paused(pending, exc), head.execution_id)
+            await record_end(run.mark_paused(pending, exc), head.execution_id)
             raise
         except ExecutionAborted as exc:
-            await _record_end(run.mark_cancelled(exc), head.execution_id)
+            await record_end(run.mark_cancelled(exc), head.execution_id)
             raise
         except PydanticAIUserError as exc:
-            error = _explain_unregistered_model(exc, head.execution_id, kwargs)
-            await _record_end(run.mark_failed(error), head.execution_id)
+            error = explain_unregistered_model(exc, head.execution_id, kwargs)
+            await record_end(run.mark_failed(error), head.execution_id)
             if error is exc:
                 raise
             raise error from None
         except Exception as exc:
-            await _record_end(run.mark_failed(exc), head.execution_id)
+            await record_end(run.mark_failed(exc), head.execution_id)
             raise
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
             JournalRun.deactivate(token)
         if isinstance(result.output, DeferredToolRequests):
-            await run.mark_paused(_approval_pending(result, run.round))
+            await run.mark_paused(approval_pending(result, run.round))
             return AttemptResult(result, run.head)
         await run.mark_completed(to_jsonable_python(result.output))
         self._completed = True
@@ -472,179 +447,7 @@ class ExecutionHandle:
         return AttemptResult(result, run.head)
 
 
-async def _record_end(write: Any, execution_id: str) -> None:
-    try:
-        await write
-    except Exception:  # the storage may be what failed; the original error matters more
-        logger.exception("[%s] could not record the end of the attempt", execution_id)
-
-
-def _interrupted_calls(journal: list[StepRecord]) -> list[str]:
-    """Tool call ids with a `started` marker and no journaled result: interrupted mid-effect."""
-    done = {s.key for s in journal if s.kind is StepKind.TOOL_CALL}
-    started = [
-        s.result.get("tool_call_id")
-        for s in journal
-        if s.kind is StepKind.STARTED
-        and isinstance(s.result, dict)
-        and not any(unit in done for unit in started_units(s.key))
-    ]
-    return list(dict.fromkeys(i for i in started if isinstance(i, str)))
-
-
-def _check_decisions(
-    head: ExecutionRecord,
-    journal: list[StepRecord],
-    approvals: Mapping[str, ApprovalDecision] | None,
-    resolutions: dict[str, ToolResolution],
-) -> None:
-    """Refuse a resume that cannot continue: a pause needs its decisions, decisions need a pause.
-
-    Resolutions are accepted for any call the journal shows as interrupted, so an operator who
-    already checked the external system can resolve right after the crash, without a resume that
-    first stops as `paused`.
-    """
-    pending = head.pending if head.status is ExecutionStatus.PAUSED else None
-    ids = [c.tool_call_id for c in pending.calls] if pending is not None else []
-    if approvals is not None:
-        if pending is None or pending.kind != "approval":
-            raise UserError(
-                f"Execution {head.execution_id!r} is not waiting for approvals (status {head.status.value}); "
-                f"resume it without approvals=."
-            )
-        missing = [i for i in ids if i not in approvals]
-        unknown = [i for i in approvals if i not in ids]
-        if missing or unknown:
-            raise UserError(
-                f"Execution {head.execution_id!r} waits for approval of calls {ids}; "
-                f"missing decisions for {missing}, unknown call ids {unknown}."
-            )
-    elif pending is not None and pending.kind == "approval":
-        calls = ", ".join(f"{c.tool_name}({c.tool_call_id}, args={c.args!r})" for c in pending.calls)
-        raise UserError(
-            f"Execution {head.execution_id!r} is paused waiting for approval of: {calls}. Resume it with "
-            f"approvals={{call_id: True | False | override_args}}."
-        )
-    if resolutions:
-        interrupted = _interrupted_calls(journal)
-        unknown_res = [i for i in resolutions if i not in interrupted]
-        if unknown_res:
-            raise UserError(
-                f"Execution {head.execution_id!r} has no interrupted non-idempotent call {unknown_res}; "
-                f"interrupted: {interrupted or 'none'}."
-            )
-
-
-def _approval_pending(result: AgentRunResult[Any], round_no: int) -> PendingDecision:
-    requests: DeferredToolRequests = result.output
-    calls = [
-        PendingCall(tool_call_id=c.tool_call_id, tool_name=c.tool_name, args=c.args_as_dict())
-        for c in requests.approvals
-    ]
-    # pydantic-ai refuses a `message_history` that already carries the run's `run_id`, and every
-    # round runs with run_id = the execution id (stable idempotency keys): store the history without it.
-    messages = [
-        {**m, "run_id": None}
-        for m in ModelMessagesTypeAdapter.dump_python(result.all_messages(), mode="json")
-    ]
-    return PendingDecision(kind="approval", calls=calls, round=round_no, messages=messages)
-
-
-async def _journal_approval_round(
-    run: JournalRun, pending: PendingDecision, approvals: Mapping[str, ApprovalDecision]
-) -> None:
-    """Journal the decisions with the history they continue, before the next round runs."""
-    round_no = pending.round + 1
-    await run.append_decision(
-        round_key(round_no),
-        "approval",
-        {
-            "round": round_no,
-            "messages": pending.messages or [],
-            "approvals": approvals_to_json(dict(approvals)),
-        },
-    )
-
-
 def _fixed(agent: PydanticAgent[Any, Any], run_kwargs: dict[str, Any]) -> AgentFactory:
     """A factory that always returns `agent` (run with `run_kwargs`)."""
     target = ResumeTarget(agent, dict(run_kwargs))
     return lambda head: target
-
-
-def _explain_unregistered_model(
-    exc: PydanticAIUserError, execution_id: str, kwargs: Mapping[str, Any]
-) -> BaseException:
-    """pydantic-ai refuses a `model=` instance its durability capability does not know: say what to pass."""
-    if "not registered" not in str(exc) or "model" not in str(exc).lower():
-        return exc
-    model = kwargs.get("model")
-    return UserError(
-        f"Execution {execution_id!r}: the model passed with run_agent(..., model={model!r}) is not one the "
-        f"agent's durability knows, so its requests could not be journaled. Register the instance when you "
-        f"create the agent: capabilities=[PerdureDurability(models=[that_model])] (the agent's own model "
-        f"is registered already), then pass the same instance again. (pydantic-ai: {exc})",
-        execution_id=execution_id,
-    )
-
-
-def _check_journal(
-    storage: DurableExecutionStorage, head: ExecutionRecord, journal: list[StepRecord]
-) -> ExecutionRecord:
-    """Accept the journal only if it matches the head, or leads it by the backend's crash window.
-
-    A journal shorter than the head lost entries (a deleted row, a lost last line, a damaged page):
-    replaying it would run the lost units again, so it is `CorruptRecordError` and nothing runs. A
-    journal longer than the head is the file backend's one legitimate crash window (the entry is
-    appended before the head is replaced); anything beyond that window is corruption too.
-    """
-    count = len(journal)
-    if count == head.next_seq:
-        return head
-    if count < head.next_seq:
-        missing = f"{count}" if head.next_seq - count == 1 else f"{count}..{head.next_seq - 1}"
-        raise CorruptRecordError(
-            head.execution_id,
-            f"the head counts {head.next_seq} journal entries but the journal holds {count}: entries "
-            f"{missing} are missing, so the units they recorded would run again",
-            step=missing,
-        )
-    if count - head.next_seq <= storage.journal_may_lead_head:
-        return _reconcile(head, journal)
-    raise CorruptRecordError(
-        head.execution_id,
-        f"the journal holds {count} entries but the head counts {head.next_seq}; the "
-        f"{storage.backend_name} backend can leave at most {storage.journal_may_lead_head} extra entries "
-        f"after a crash",
-    )
-
-
-def _reconcile(head: ExecutionRecord, journal: list[StepRecord]) -> ExecutionRecord:
-    """Rebuild the head's journal-derived fields when the journal is ahead of it.
-
-    The file backend appends (and fsyncs) the journal entry before it replaces the head, so a crash
-    between the two leaves one more journal entry than the head counts. The journal is the source of
-    truth: its result must be replayed, and the next entry must get the next free sequence number.
-    """
-    responses = [response_tokens(s.result) for s in journal if s.kind is StepKind.MODEL_REQUEST]
-    usage = UsageTotals(
-        requests=len(responses),
-        input_tokens=sum(t[0] for t in responses),
-        output_tokens=sum(t[1] for t in responses),
-        tool_calls=sum(1 for s in journal if s.kind is StepKind.TOOL_CALL),
-    )
-    last = journal[-1] if journal else None
-    logger.warning(
-        "[%s] head counted %d journal steps but the journal holds %d; continuing from the journal",
-        head.execution_id,
-        head.next_seq,
-        len(journal),
-    )
-    return head.model_copy(
-        update={
-            "next_seq": len(journal),
-            "step_index": last.seq if last else -1,
-            "step_name": last.name if last else "",
-            "usage": usage,
-        }
-    )

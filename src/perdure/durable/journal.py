@@ -167,6 +167,11 @@ class JournalRun:
         """Whether journaled units remain that the run has not reached yet."""
         return self._replay_remaining > 0
 
+    @property
+    def instructions_checked(self) -> bool:
+        """Whether this attempt already checked its instructions (done at its first model request)."""
+        return self._instructions_checked
+
     def activate(self) -> Any:
         """Install this attempt as the current one; returns the token for `deactivate`."""
         return _CURRENT.set(self)

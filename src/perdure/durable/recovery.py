@@ -7,21 +7,17 @@ repeated. It is safe to run from many workers at once: an execution is only resu
 lease, taken atomically in the storage, and every decision is re-checked on the head the lease
 returned; a worker that loses the race skips the execution (`ExecutionLeasedError`).
 
-Choices worth knowing (see `recover_interrupted_async` for the parameters):
+This module resumes: one execution under its lease (`recover_execution_async`, with the agent the
+resolver routes it to) and a whole pass (`recover_interrupted_async`). Which executions are
+eligible, with `min_idle` and the `delay` back-off, is decided in `perdure.durable.recoverable`;
+`RecoveryOptions` and `find_recoverable_async` are re-exported here. Choices worth knowing (see
+`recover_interrupted_async` for the parameters):
 
 - `attempts` on the head counts every start and resume of an execution, the first run included.
   An interrupted execution that already had `max_attempts` attempts is not resumed again: it is
   marked `failed` with a `RecoveryGaveUpError` ("gave up after N attempts"), so a poison run that
   kills its worker every time stops being picked up and shows up for an operator. Resuming it by
   hand (`continue_durable`) still works.
-- `min_idle` guards the only unleased in-progress state that is not a crash: a run that has just
-  created its head and is about to take its lease (`attempts == 0`; the engine takes the lease
-  before it counts an attempt). By default it applies to those only, and to `failed` executions
-  (when `statuses` includes them) whose process may be about to retry them itself. An execution
-  that ran before and holds no live lease was interrupted for sure and is recovered at once, which
-  is what lets a worker that shut down gracefully hand its executions over immediately.
-- `delay` is a back-off per execution: after its k-th resume (k = attempts - 1 >= 1) an execution
-  is retried only once it has been idle for `delay * 2**(k-1)` seconds.
 - `timeout` cancels a resume that runs too long. The cancelled attempt leaves its journal intact,
   the head `success` and the lease released, so a later pass retries it (subject to `delay` and
   `max_attempts`); the pass reports it as failed. A unit running in a thread cannot be interrupted:
@@ -35,7 +31,7 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,11 +50,12 @@ from ..errors import (
     UnregisteredReferenceError,
     UserError,
 )
-from ..records import ExecutionRecord, ExecutionStatus, utcnow
+from ..records import ExecutionRecord, ExecutionStatus
 from ..storage.base import DurableExecutionStorage
 from .engine import AgentFactory, ExecutionHandle, ResumeTarget
 from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
+from .recoverable import RecoveryOptions, find_recoverable_async, not_eligible
 
 __all__ = [
     "AgentResolver",
@@ -82,8 +79,6 @@ never resumes another agent's execution. A callable decides by itself."""
 
 _REFUSALS = (IdentityError, ToolNotFoundError, UnregisteredReferenceError, CorruptRecordError)
 """Errors that refuse a resume before anything runs; the same program resuming again cannot help."""
-
-_NEVER_RECOVERED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.CANCELLED, ExecutionStatus.PAUSED})
 
 
 @dataclass
@@ -123,97 +118,6 @@ class RecoveryReport:
             f"recovered {len(self.recovered)}, paused {len(self.paused)}, failed {len(self.failed)}, "
             f"skipped {len(self.skipped)}, not served {len(self.not_served)}"
         )
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    """The knobs of recovery, validated once; see `recover_interrupted_async`."""
-
-    max_attempts: int = 5
-    delay: float = 0.0
-    timeout: float | None = None
-    lease_ttl: float = DEFAULT_LEASE_TTL
-    worker_id: str | None = None
-    min_idle: float | None = None
-    statuses: tuple[ExecutionStatus, ...] = (ExecutionStatus.SUCCESS,)
-    """Converted from strings and validated on creation."""
-    allow_changes: frozenset[str] = frozenset()
-    """Identity differences a resume accepts on purpose (see `perdure.durable.identity`)."""
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise UserError(f"max_attempts must be >= 1, got {self.max_attempts!r}.")
-        if self.delay < 0:
-            raise UserError(f"delay must be >= 0 seconds, got {self.delay!r}.")
-        if self.timeout is not None and not self.timeout > 0:
-            raise UserError(f"timeout must be > 0 seconds or None, got {self.timeout!r}.")
-        if not self.lease_ttl > 0:
-            raise UserError(f"lease_ttl must be > 0 seconds, got {self.lease_ttl!r}.")
-        if self.min_idle is not None and self.min_idle < 0:
-            raise UserError(f"min_idle must be >= 0 seconds or None, got {self.min_idle!r}.")
-        try:
-            statuses = tuple(ExecutionStatus(s) for s in self.statuses)
-        except ValueError as exc:
-            raise UserError(f"statuses: {exc}; use 'success' and/or 'failed'.") from exc
-        refused = sorted(s.value for s in statuses if s in _NEVER_RECOVERED)
-        if refused or not statuses:
-            raise UserError(
-                f"statuses must name 'success' and/or 'failed', got {[s.value for s in statuses]}: paused "
-                f"executions wait for a human, completed and cancelled ones are finished."
-            )
-        object.__setattr__(self, "statuses", statuses)
-
-    def idle_needed(self, head: ExecutionRecord) -> float:
-        """Seconds `head` must have been idle before it is resumed (grace for new runs + back-off)."""
-        base = self.min_idle
-        if base is None:
-            fresh = head.attempts == 0 or head.status is ExecutionStatus.FAILED
-            base = self.lease_ttl if fresh else 0.0
-        backoff = self.delay * 2 ** (head.attempts - 2) if head.attempts >= 2 and self.delay else 0.0
-        return base + backoff
-
-
-def _not_eligible(head: ExecutionRecord, options: RecoveryOptions) -> str | None:
-    """Why `head` must not be resumed now (None when it may); called again under the lease."""
-    if head.status not in options.statuses:
-        return f"status is {head.status.value}"
-    now = utcnow()
-    expires = head.lease_expires_at
-    if head.lease_owner and expires is not None and expires > now and not owner_is_dead(head.lease_owner):
-        return f"leased by {head.lease_owner} until {expires.isoformat()}"
-    idle_needed = options.idle_needed(head)
-    idle = (now - head.updated_at).total_seconds()
-    if idle < idle_needed:
-        return f"idle for {max(idle, 0):.1f}s, waiting until {idle_needed:.1f}s"
-    return None
-
-
-async def find_recoverable_async(
-    storage: DurableExecutionStorage,
-    options: RecoveryOptions,
-    *,
-    exclude: Collection[str] = (),
-) -> tuple[list[ExecutionRecord], dict[str, str]]:
-    """Heads that look recoverable now, oldest first, and the reasons the others were skipped.
-
-    Uses the storage's status index (`list_executions_async(status=...)`). The answer is a snapshot:
-    `recover_execution_async` checks it again under the lease.
-    """
-    heads: list[ExecutionRecord] = []
-    for status in options.statuses:
-        heads.extend(await storage.list_executions_async(status=status))
-    heads.sort(key=lambda h: (h.updated_at, h.execution_id))
-    candidates: list[ExecutionRecord] = []
-    skipped: dict[str, str] = {}
-    for head in heads:
-        if head.execution_id in exclude:
-            continue
-        reason = _not_eligible(head, options)
-        if reason is None:
-            candidates.append(head)
-        else:
-            skipped[head.execution_id] = reason
-    return candidates, skipped
 
 
 def recorded_agent_name(head: ExecutionRecord) -> str | None:
@@ -315,7 +219,7 @@ async def recover_execution_async(
     # A cheap read first: the listing may be stale (another worker took or finished it meanwhile), and
     # refusing it here costs no write and no lock, unlike taking and giving back its lease.
     current = await storage.load_state_async(execution_id)
-    reason = "deleted" if current is None else _not_eligible(current, options)
+    reason = "deleted" if current is None else not_eligible(current, options)
     if reason is not None:
         report.skipped[execution_id] = reason
         return report
@@ -356,7 +260,7 @@ async def _recover_leased(
     report = RecoveryReport()
     execution_id = head.execution_id
     # The listing was a snapshot: another worker may have finished or advanced it meanwhile.
-    reason = _not_eligible(head.model_copy(update={"lease_owner": None}), options)
+    reason = not_eligible(head.model_copy(update={"lease_owner": None}), options)
     if reason is not None:
         report.skipped[execution_id] = reason
         return report

@@ -29,15 +29,18 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .._sync import run_sync
+from ..codec import decode_step
 from ..errors import (
     CorruptRecordError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
+    IncompatibleSchemaError,
+    LeaseLostError,
     StorageConfigurationError,
     UserError,
 )
@@ -46,6 +49,8 @@ from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 __all__ = ["DurableExecutionStorage", "DurableStorage", "check_journal_seqs", "validate_identifier"]
 
 logger = logging.getLogger("perdure.storage")
+
+_Row = TypeVar("_Row")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always `fullmatch`: `$` lets a trailing newline in
 
@@ -218,12 +223,7 @@ class DurableExecutionStorage(ABC):
 
     async def get_stats_async(self) -> dict[str, Any]:
         """`{"backend", "total_executions", "by_status"}`; `by_status` lists every status."""
-        by_status = {s.value: 0 for s in ExecutionStatus}
-        total = 0
-        for head in await self._iter_heads_async():
-            by_status[head.status.value] += 1
-            total += 1
-        return {"backend": self.backend_name, "total_executions": total, "by_status": by_status}
+        return self._stats((head.status.value, 1) for head in await self._iter_heads_async())
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
         """Delete executions last updated more than `older_than_days` ago; return how many.
@@ -242,6 +242,56 @@ class DurableExecutionStorage(ABC):
             except ExecutionLeasedError:
                 continue
         return deleted
+
+    # ---- helpers for backends ----------------------------------------------------------------
+
+    @staticmethod
+    def _lease_lost(record: ExecutionRecord, holder: str | None) -> LeaseLostError:
+        """The error of a head write or step append fenced off by `holder`'s unexpired lease."""
+        return LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", holder)
+
+    @staticmethod
+    def _readable_heads(
+        rows: Iterable[_Row], decode: Callable[[_Row], ExecutionRecord | None]
+    ) -> list[ExecutionRecord]:
+        """Decode each stored row into a head, skipping damaged and newer-schema ones with a warning.
+
+        What listings and `_iter_heads_async` promise: one unreadable record never hides the others.
+        `decode` returns None for a row whose head is gone (deleted meanwhile): left out too.
+        """
+        heads = []
+        for row in rows:
+            try:
+                head = decode(row)
+            except (CorruptRecordError, IncompatibleSchemaError) as exc:
+                logger.warning("skipping unreadable execution record: %s", exc)
+                continue
+            if head is not None:
+                heads.append(head)
+        return heads
+
+    @staticmethod
+    def _journal_from_rows(
+        execution_id: str, rows: Sequence[Any], *, location: str, max_size: int | None
+    ) -> list[StepRecord]:
+        """Decode journal rows `(seq, codec, payload)` read in seq order; a gap is `CorruptRecordError`."""
+        check_journal_seqs(execution_id, [row[0] for row in rows], location=location)
+        return [
+            decode_step(execution_id, seq, bytes(payload), codec=codec, location=location, max_size=max_size)
+            for seq, codec, payload in rows
+        ]
+
+    def _stats(self, counts: Iterable[tuple[str | None, int]]) -> dict[str, Any]:
+        """`get_stats` from `(status, count)` pairs; unknown statuses (damaged heads) count nowhere."""
+        by_status = {s.value: 0 for s in ExecutionStatus}
+        for status, count in counts:
+            if status in by_status:
+                by_status[status] += int(count)
+        return {
+            "backend": self.backend_name,
+            "total_executions": sum(by_status.values()),
+            "by_status": by_status,
+        }
 
     @staticmethod
     def _check_ttl(ttl_seconds: float) -> float:

@@ -33,6 +33,13 @@ directories and directories with a head but no journal (what an interrupted dele
 left), and `cleanup_old_executions` (and, for `#trash`, opening the storage) finishes the removal.
 A writer that waited for the lock while the directory was renamed sees the tombstone and gets
 `ExecutionDeletedError`.
+
+One module (some 800 lines) for one concept: this layout and the order of its writes. Locking, the
+lease fence, the journal append, the head replacement and the delete protocol are only safe
+together (the fence is read under the lock that serialises appends, a writer that waited for that
+lock checks the tombstone a delete wrote, a torn line is cut under the same lock), so they are kept
+where they can be read side by side. Every locked operation goes through `_locked` (lease calls) or
+`_writing` (head writes and appends).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -171,6 +178,11 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _execution_dirs(entries: Iterable[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+    """The entries of the root that can be execution directories (not `#trash`, `#tombstones`, files)."""
+    return [e for e in entries if e.is_dir() and _ID.fullmatch(e.name) and e.name not in (".", "..")]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -401,11 +413,7 @@ class FileDurableStorage(DurableExecutionStorage):
                 tmp.unlink()
             raise
         if self.fsync:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(directory)
 
     def _read_head(self, execution_id: str, head_path: Path) -> ExecutionRecord | None:
         try:
@@ -487,7 +495,7 @@ class FileDurableStorage(DurableExecutionStorage):
     def _fence(self, directory: Path, record: ExecutionRecord) -> None:
         lease = self._read_lease(directory)
         if lease is not None and lease.owner != record.lease_owner and lease.live():
-            raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", lease.owner)
+            raise self._lease_lost(record, lease.owner)
 
     def _with_lease(self, head: ExecutionRecord | None, directory: Path) -> ExecutionRecord | None:
         if head is not None:
@@ -513,28 +521,60 @@ class FileDurableStorage(DurableExecutionStorage):
         os.close(fd)  # deleted (renamed away, or tombstoned) while we waited for the lock
         return None
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, execution_id: str) -> AsyncIterator[Path | None]:
+        """Hold the journal lock of an existing execution for the body (lease operations).
+
+        Gives its directory, or None when it has no head or was deleted; the lock is released when
+        the body ends, and file errors become typed errors (`_os_error`).
+        """
+        try:
+            locked = await self._locked_existing(execution_id)
+            if locked is None:
+                yield None
+                return
+            directory, fd = locked
+            try:
+                yield directory
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _os_error(exc, execution_id) from exc
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, record: ExecutionRecord, *, create: bool) -> AsyncIterator[tuple[Path, int]]:
+        """Hold the lock of `_lock_for_write` for the body (head writes, appends): directory and locked fd.
+
+        The lock is released when the body ends; a file error forgets the cached journal state (the
+        journal may be half-written) and becomes a typed error (`_os_error`).
+        """
+        execution_id = record.execution_id
+        try:
+            directory, fd = await self._lock_for_write(record, create=create)
+            try:
+                yield directory, fd
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with self._cache_lock:
+                self._journal_cache.pop(execution_id, None)
+            raise _os_error(exc, execution_id) from exc
+
     async def acquire_lease_async(
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None
     ) -> ExecutionRecord:
         ttl = self._check_ttl(ttl_seconds)
         self._require_root()  # a storage that does not exist: StorageNotFoundError, nothing created
-        try:
-            locked = await self._locked_existing(execution_id)
-            if locked is None:
+        async with self._locked(execution_id) as directory:
+            if directory is None:
                 raise self._not_found(execution_id)
-            directory, fd = locked
-            try:
-                lease = self._read_lease(directory)
-                if lease is not None and lease.owner not in (owner, steal_from) and lease.live():
-                    expires = datetime.fromtimestamp(lease.expires, UTC)
-                    raise ExecutionLeasedError(execution_id, lease.owner, expires)
-                until = _clock.lease_until(ttl)
-                self._write_lease(directory, owner, until)
-                head = self._read_head(execution_id, directory / HEAD_FILE)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, execution_id) from exc
+            lease = self._read_lease(directory)
+            if lease is not None and lease.owner not in (owner, steal_from) and lease.live():
+                expires = datetime.fromtimestamp(lease.expires, UTC)
+                raise ExecutionLeasedError(execution_id, lease.owner, expires)
+            until = _clock.lease_until(ttl)
+            self._write_lease(directory, owner, until)
+            head = self._read_head(execution_id, directory / HEAD_FILE)
         if head is None:
             raise self._not_found(execution_id)
         head.lease_owner, head.lease_expires_at = owner, datetime.fromtimestamp(until.wall, UTC)
@@ -542,39 +582,25 @@ class FileDurableStorage(DurableExecutionStorage):
 
     async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:
         ttl = self._check_ttl(ttl_seconds)
-        try:
-            locked = await self._locked_existing(execution_id)
-            if locked is None:
+        async with self._locked(execution_id) as directory:
+            if directory is None:
                 raise LeaseLostError(execution_id, owner, None)
-            directory, fd = locked
-            try:
-                lease = self._read_lease(directory)
-                if lease is None or lease[0] != owner:
-                    raise LeaseLostError(execution_id, owner, lease[0] if lease else None)
-                until = _clock.lease_until(ttl)
-                self._write_lease(directory, owner, until)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, execution_id) from exc
+            lease = self._read_lease(directory)
+            if lease is None or lease[0] != owner:
+                raise LeaseLostError(execution_id, owner, lease[0] if lease else None)
+            until = _clock.lease_until(ttl)
+            self._write_lease(directory, owner, until)
         return datetime.fromtimestamp(until.wall, UTC)
 
     async def release_lease_async(self, execution_id: str, owner: str) -> bool:
-        try:
-            locked = await self._locked_existing(execution_id)
-            if locked is None:
+        async with self._locked(execution_id) as directory:
+            if directory is None:
                 return False
-            directory, fd = locked
-            try:
-                lease = self._read_lease(directory)
-                if lease is None or lease[0] != owner:
-                    return False
-                (directory / LEASE_FILE).unlink()
-                return True
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, execution_id) from exc
+            lease = self._read_lease(directory)
+            if lease is None or lease[0] != owner:
+                return False
+            (directory / LEASE_FILE).unlink()
+            return True
 
     # ---- head writes ----------------------------------------------------------------------------
 
@@ -585,15 +611,9 @@ class FileDurableStorage(DurableExecutionStorage):
         `lease_owner` is set needs the head to exist. A deleted id raises `ExecutionDeletedError`.
         """
         data = self._encode_head(record)
-        try:
-            directory, fd = await self._lock_for_write(record, create=record.lease_owner is None)
-            try:
-                self._fence(directory, record)
-                self._write_head(directory, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, record.execution_id) from exc
+        async with self._writing(record, create=record.lease_owner is None) as (directory, _):
+            self._fence(directory, record)
+            self._write_head(directory, data)
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head; None when the execution does not exist (or was deleted)."""
@@ -625,9 +645,7 @@ class FileDurableStorage(DurableExecutionStorage):
         try:
             self._empty_trash()
             tombstones = self._tombstones()
-            for entry in list(os.scandir(self.path)):
-                if not entry.is_dir() or not _ID.fullmatch(entry.name) or entry.name in (".", ".."):
-                    continue
+            for entry in _execution_dirs(os.scandir(self.path)):
                 directory = Path(entry.path)
                 if entry.name in tombstones:  # a delete stopped before its rename
                     await self._delete(entry.name, force=True)
@@ -652,27 +670,15 @@ class FileDurableStorage(DurableExecutionStorage):
             raise _os_error(exc, None) from exc
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
-        heads: list[ExecutionRecord] = []
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
             raise StorageNotFoundError("file", str(self.path)) from None
         tombstones = self._tombstones()
-        for entry in entries:
-            if not entry.is_dir() or not _ID.fullmatch(entry.name) or entry.name in (".", ".."):
-                continue
-            if not self._live(entry.name, Path(entry.path), tombstones):
-                continue
-            try:
-                head = self._with_lease(
-                    self._read_head(entry.name, Path(entry.path) / HEAD_FILE), Path(entry.path)
-                )
-            except (CorruptRecordError, IncompatibleSchemaError) as exc:
-                logger.warning("skipping unreadable execution record: %s", exc)
-                continue
-            if head is not None:
-                heads.append(head)
-        return heads
+        live = [e for e in _execution_dirs(entries) if self._live(e.name, Path(e.path), tombstones)]
+        return self._readable_heads(
+            live, lambda e: self._with_lease(self._read_head(e.name, Path(e.path) / HEAD_FILE), Path(e.path))
+        )
 
     # ---- journal --------------------------------------------------------------------------------
 
@@ -716,28 +722,20 @@ class FileDurableStorage(DurableExecutionStorage):
         """
         line = _wrap(*self.codec.encode(encode_step(step))) + b"\n"
         head = self._encode_head(record)
-        try:
-            directory, fd = await self._lock_for_write(record, create=False)
-            try:
-                self._fence(directory, record)
-                count, good = self._journal_state(step.execution_id, fd)
-                if step.seq != count:
-                    raise StepConflictError(step.execution_id, step.seq)
-                _faults.point("before_journal_line", tear=(fd, line))
-                _write_all(fd, line)
-                if self.fsync:
-                    os.fsync(fd)
-                ino = os.fstat(fd).st_ino
-                with self._cache_lock:
-                    size = good + len(line)
-                    self._journal_cache[step.execution_id] = (ino, size, count + 1, size)
-                self._write_head(directory, head)
-            finally:
-                os.close(fd)
-        except OSError as exc:
+        async with self._writing(record, create=False) as (directory, fd):
+            self._fence(directory, record)
+            count, good = self._journal_state(step.execution_id, fd)
+            if step.seq != count:
+                raise StepConflictError(step.execution_id, step.seq)
+            _faults.point("before_journal_line", tear=(fd, line))
+            _write_all(fd, line)
+            if self.fsync:
+                os.fsync(fd)
+            ino = os.fstat(fd).st_ino
             with self._cache_lock:
-                self._journal_cache.pop(step.execution_id, None)
-            raise _os_error(exc, step.execution_id) from exc
+                size = good + len(line)
+                self._journal_cache[step.execution_id] = (ino, size, count + 1, size)
+            self._write_head(directory, head)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         """Read the journal in order, ignoring a torn last line (see the module docstring).

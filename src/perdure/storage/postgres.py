@@ -18,7 +18,12 @@ with lease acquisition and with every write. Lease expiry is compared with the s
 `clock_timestamp()`, so workers with skewed clocks still agree.
 
 psycopg's async connections belong to the event loop that opened them, while the sync twins run each
-thread's coroutines on that thread's own loop; the storage therefore keeps one pool per event loop.
+thread's coroutines on that thread's own loop; the storage therefore keeps one pool per event loop
+(`perdure.storage._per_loop`). The tables and statements are in `perdure.storage._postgres_sql`, the
+pool and connection handling in `perdure.storage._postgres_pool`. What is left here (some 630 lines)
+is one concept, the client side: options and DSN parsing, driver errors mapped to perdure's, rows
+turned into records, and each contract method next to the statement it runs, so that what an empty
+result means (fenced, deleted, never created) is decided where the statement is.
 """
 
 from __future__ import annotations
@@ -27,19 +32,14 @@ import asyncio
 import contextlib
 import math
 import re
-import select
-import socket
-import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from .._sync import run_sync
-from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
+from ..codec import Codec, decode_head, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
     ExecutionDeletedError,
@@ -55,23 +55,22 @@ from ..errors import (
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
-from .base import DurableExecutionStorage, check_journal_seqs, logger, validate_identifier
+from . import _per_loop
+from ._per_loop import PerLoop
+from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, Pool, checkout, watchdog
+from ._postgres_sql import LAYOUT_VERSION, Names, Sql
+from ._postgres_sql import MIGRATIONS as _MIGRATIONS  # a module global: tests add steps to it
+from .base import DurableExecutionStorage, validate_identifier
 
-try:
-    import psycopg
-    from psycopg import errors as pg_errors
-    from psycopg.conninfo import conninfo_to_dict
-    from psycopg_pool import AsyncConnectionPool, PoolTimeout
-    from psycopg_pool.pool_async import StopWorker
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise UserError(
-        "PostgresDurableStorage needs psycopg 3 and psycopg-pool: install them with "
-        "`pip install 'perdure[postgres]'`."
-    ) from exc
+# isort: split
+# After `_postgres_pool`, which refuses to load without psycopg and says what to install.
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import PoolTimeout
 
 __all__ = ["LAYOUT_VERSION", "PostgresDurableStorage"]
 
-_Conn = psycopg.AsyncConnection[Any]
 _Row = tuple[Any, ...]
 _Params = Sequence[Any] | Mapping[str, Any]
 _T = TypeVar("_T")
@@ -79,7 +78,6 @@ _T = TypeVar("_T")
 _BACKEND = "postgresql"
 _SCHEMES = ("postgresql", "postgres")
 _ACQUIRE_TRIES = 3
-_CLOSE_TIMEOUT = 2.0
 _ANSWER_GRACE = 2.0
 """Seconds past `statement_timeout` after which the client gives up on a server that does not answer."""
 # Connection refusals that retrying will not fix: wrong database, user, password or pg_hba rules.
@@ -90,328 +88,6 @@ _MISCONFIGURED = re.compile(
 )
 _CONFIG_STATES = ("28", "3D", "3F", "42501")  # auth, missing database/schema, privilege
 _CORRUPT_STATES = ("XX001", "XX002")  # data_corrupted, index_corrupted
-_CLOSING: set[asyncio.Task[None]] = set()  # strong refs: the loop only keeps weak ones
-
-
-# ---- layout and its migrations ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Names:
-    """Every identifier derived from the table prefix (validated before any SQL is built)."""
-
-    prefix: str
-
-    @property
-    def heads(self) -> str:
-        return f"{self.prefix}heads"
-
-    @property
-    def steps(self) -> str:
-        return f"{self.prefix}steps"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.prefix}meta"
-
-    @property
-    def tombstones(self) -> str:
-        return f"{self.prefix}tombstones"
-
-    @property
-    def all(self) -> tuple[str, ...]:
-        h, tb = self.heads, self.tombstones
-        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx", tb, f"{tb}_idx")
-
-
-def _layout_v1(n: _Names) -> list[str]:
-    """Heads, journal and the two indexes that answer list, stats and cleanup."""
-    h, s = n.heads, n.steps
-    return [
-        f"CREATE TABLE IF NOT EXISTS {h} (execution_id TEXT PRIMARY KEY, status TEXT, "
-        f"updated_at TIMESTAMPTZ NOT NULL, created_at TIMESTAMPTZ NOT NULL, lease_owner TEXT, "
-        f"lease_expires_at TIMESTAMPTZ, codec TEXT NOT NULL, payload BYTEA NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
-        f"kind TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, codec TEXT NOT NULL, "
-        f"payload BYTEA NOT NULL, PRIMARY KEY (execution_id, seq))",
-        # Newest-first listing; its leading column also serves cleanup's `updated_at < cutoff` range.
-        f"CREATE INDEX IF NOT EXISTS {h}_updated_idx ON {h} (updated_at DESC, execution_id DESC)",
-        # Listing by status, and stats (GROUP BY status) as an index-only scan.
-        f"CREATE INDEX IF NOT EXISTS {h}_status_idx ON {h} (status, updated_at DESC, execution_id DESC)",
-    ]
-
-
-def _layout_v2(n: _Names) -> list[str]:
-    """Tombstones of deleted executions, purged by `deleted_at` range."""
-    tb = n.tombstones
-    return [
-        f"CREATE TABLE IF NOT EXISTS {tb} (execution_id TEXT PRIMARY KEY, deleted_at TIMESTAMPTZ NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {tb}_idx ON {tb} (deleted_at)",
-    ]
-
-
-_MIGRATIONS: tuple[tuple[int, Callable[[_Names], list[str]]], ...] = ((1, _layout_v1), (2, _layout_v2))
-"""Ordered `(version, statements)` steps; a new layout appends `(2, _layout_v2)` with its ALTERs."""
-
-LAYOUT_VERSION = _MIGRATIONS[-1][0]
-"""Version of the table layout this perdure writes; it refuses tables of a higher version."""
-
-
-@dataclass(frozen=True)
-class _Sql:
-    """The statements of one table prefix, built once per storage."""
-
-    save: str
-    update: str
-    append: str
-    refusal: str
-    lock_id: str
-    lock_head: str
-    load: str
-    lease_of: str
-    acquire: str
-    renew: str
-    release: str
-    delete: str
-    steps: str
-    all_heads: str
-    list_all: str
-    list_status: str
-    stats: str
-    cleanup: str
-    delete_many: str
-    purge: str
-    raw_head: str
-    meta_create: str
-    meta_get: str
-    meta_put: str
-
-    @classmethod
-    def build(cls, n: _Names) -> _Sql:
-        h, s, m, tb = n.heads, n.steps, n.meta, n.tombstones
-        cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
-        # The fence: evaluated on the locked, latest row version; the lease columns are never set.
-        fence = (
-            "(cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
-            "OR cur.lease_expires_at <= clock_timestamp())"
-        )
-        # Creates the head unless the id is tombstoned (callers hold the id's advisory lock).
-        upsert = (
-            f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload) "
-            f"SELECT %(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s "
-            f"WHERE NOT EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s) "
-            f"ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status, "
-            f"updated_at = EXCLUDED.updated_at, created_at = EXCLUDED.created_at, "
-            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload WHERE {fence} RETURNING 1"
-        )
-        # Never creates: the write of a running attempt, and the head half of a step append.
-        update = (
-            f"UPDATE {h} AS cur SET status = %(status)s, updated_at = %(updated)s, "
-            f"created_at = %(created)s, codec = %(codec)s, payload = %(payload)s "
-            f"WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
-        )
-        listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
-        expiry = "clock_timestamp() + make_interval(secs => %(ttl)s)"
-        return cls(
-            save=upsert,
-            update=update,
-            append=(
-                f"WITH head AS ({update}) "
-                f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
-                f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
-                f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
-            ),
-            refusal=(
-                f"SELECT (SELECT lease_owner FROM {h} WHERE execution_id = %(id)s), "
-                f"EXISTS (SELECT FROM {h} WHERE execution_id = %(id)s), "
-                f"EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s)"
-            ),
-            lock_id="SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            lock_head=(
-                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
-                f"FROM {h} WHERE execution_id = %s FOR UPDATE"
-            ),
-            load=f"SELECT {cols} FROM {h} WHERE execution_id = %s",
-            lease_of=(
-                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
-                f"FROM {h} WHERE execution_id = %s"
-            ),
-            acquire=(
-                f"UPDATE {h} SET lease_owner = %(owner)s, lease_expires_at = {expiry} "
-                f"WHERE execution_id = %(id)s AND (lease_owner IS NULL OR lease_owner = %(owner)s "
-                f"OR lease_owner = %(steal)s OR lease_expires_at <= clock_timestamp()) RETURNING {cols}"
-            ),
-            renew=(
-                f"UPDATE {h} SET lease_expires_at = {expiry} "
-                f"WHERE execution_id = %(id)s AND lease_owner = %(owner)s RETURNING lease_expires_at"
-            ),
-            release=(
-                f"UPDATE {h} SET lease_owner = NULL, lease_expires_at = NULL "
-                f"WHERE execution_id = %s AND lease_owner = %s RETURNING 1"
-            ),
-            delete=(
-                f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s), "
-                f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s), "
-                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) VALUES (%(id)s, clock_timestamp()) "
-                f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) SELECT 1"
-            ),
-            steps=f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s ORDER BY seq",
-            all_heads=f"SELECT {cols} FROM {h}",
-            list_all=listing.format(where=""),
-            list_status=listing.format(where="WHERE status = %s"),
-            stats=f"SELECT status, count(*) FROM {h} GROUP BY status",
-            # Old executions that are not running, locked until the cleanup's transaction ends.
-            cleanup=(
-                f"SELECT execution_id FROM {h} WHERE updated_at < %s AND (lease_owner IS NULL "
-                f"OR lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp()) "
-                f"FOR UPDATE SKIP LOCKED"
-            ),
-            delete_many=(
-                f"WITH st AS (DELETE FROM {s} WHERE execution_id = ANY(%(ids)s)), "
-                f"hd AS (DELETE FROM {h} WHERE execution_id = ANY(%(ids)s) RETURNING execution_id), "
-                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) SELECT execution_id, clock_timestamp() "
-                f"FROM hd ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
-                f"SELECT count(*) FROM hd"
-            ),
-            purge=f"DELETE FROM {tb} WHERE deleted_at < %s",
-            raw_head=(
-                f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
-                f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "
-                f"ON CONFLICT (execution_id) DO UPDATE SET status = NULL, codec = 'json', "
-                f"payload = EXCLUDED.payload RETURNING 1"
-            ),
-            meta_create=f"CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            meta_get=f"SELECT value FROM {m} WHERE key = 'layout_version'",
-            meta_put=(
-                f"INSERT INTO {m} (key, value) VALUES ('layout_version', %s) "
-                f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
-        )
-
-
-# ---- pools, one per event loop ------------------------------------------------------------------
-
-
-class _Pool(AsyncConnectionPool[_Conn]):
-    """An `AsyncConnectionPool` whose maintenance workers stop when their task is cancelled.
-
-    psycopg_pool's workers catch `CancelledError` around each maintenance task (to keep the pool
-    consistent), so a cancellation that lands while one is connecting is swallowed and the worker
-    goes back to waiting for work. Shutting the loop down (`asyncio.run`, a test's loop) cancels every
-    task once and then waits for them, forever. This worker honours a swallowed cancellation.
-    """
-
-    @classmethod
-    async def worker(cls, q: Any) -> None:
-        """Run maintenance tasks until told to stop or cancelled."""
-        me = asyncio.current_task()
-        while True:
-            task = await q.get()
-            if isinstance(task, StopWorker):
-                return
-            try:
-                await task.run()
-            except Exception as exc:
-                logger.warning("postgres pool maintenance task %s failed: %s", task, exc)
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
-
-
-@dataclass(eq=False)
-class _LoopPool:
-    """A pool, the loop and thread it serves, and the connections it opened (to drop them without it)."""
-
-    loop: asyncio.AbstractEventLoop
-    pool: _Pool
-    thread: threading.Thread = field(default_factory=threading.current_thread)
-    conns: weakref.WeakSet[_Conn] = field(default_factory=weakref.WeakSet)
-
-    @property
-    def orphaned(self) -> bool:
-        """The loop can never run again by itself: it is closed, or idle and its thread has ended."""
-        return self.loop.is_closed() or (not self.loop.is_running() and not self.thread.is_alive())
-
-    def abandon(self) -> None:
-        """Close the sockets without the loop (call only when no thread can be running it)."""
-        for conn in list(self.conns):
-            if not conn.closed:
-                conn.pgconn.finish()
-
-    def close_elsewhere(self) -> threading.Thread | None:
-        """Close the pool from another loop's thread, never waiting for its loop (it may wait for us).
-
-        An orphaned loop is driven to completion of `pool.close()` on a helper thread (returned, to
-        join); a live loop gets the close scheduled and runs it when it regains control.
-        """
-        if self.loop.is_closed():
-            self.abandon()
-            return None
-        if self.orphaned:
-            helper = threading.Thread(target=self._drain, name="perdure-pg-close", daemon=True)
-            helper.start()
-            return helper
-        if not self.loop.is_running() and self.thread is threading.current_thread():
-            # Idle, and only this thread could start it: free the server's slots now. Another live
-            # thread's loop keeps its sockets until it runs the close (never race a loop's thread).
-            self.abandon()
-        with contextlib.suppress(RuntimeError):  # closed in the meantime
-            self.loop.call_soon_threadsafe(_spawn_close, self.pool)
-        return None
-
-    def _drain(self) -> None:
-        try:
-            self.loop.run_until_complete(self.pool.close(timeout=_CLOSE_TIMEOUT))
-        except Exception:  # e.g. someone started the loop again meanwhile: it will close it then
-            logger.debug("could not close an orphaned postgres pool", exc_info=True)
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(_spawn_close, self.pool)
-
-
-def _release_pools(pools: dict[asyncio.AbstractEventLoop, _LoopPool]) -> None:
-    """Finalizer of a storage that was never closed (it cannot await, so nothing here waits)."""
-    entries = list(pools.values())
-    pools.clear()
-    for entry in entries:
-        entry.close_elsewhere()
-
-
-def _spawn_close(pool: _Pool) -> None:
-    """Run in the pool's own loop: close it in the background."""
-    task = asyncio.get_running_loop().create_task(pool.close(timeout=_CLOSE_TIMEOUT))
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)
-
-
-def _has_input(conn: _Conn) -> bool:
-    """Whether an idle connection has something to read: the server closed it (or sent a notice)."""
-    try:
-        fd = conn.fileno()
-    except psycopg.Error:
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - platforms without poll
-    return bool(readable)
-
-
-class _NoAnswer(psycopg.OperationalError):
-    """The server did not answer within `statement_timeout` plus a grace period (it could not enforce it)."""
-
-
-def _sever(conn: _Conn) -> None:
-    """Shut a connection's socket down, so a read waiting on a server that stopped answering fails now.
-
-    The pool then drops the connection. psycopg's own cancellation would first ask the stalled server
-    to cancel, and wait for it.
-    """
-    with contextlib.suppress(OSError, psycopg.Error, ValueError):
-        sock = socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)  # a dup of the fd
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -470,8 +146,8 @@ class PostgresDurableStorage(DurableExecutionStorage):
         self._answer_timeout = self.statement_timeout + min(_ANSWER_GRACE, self.statement_timeout)
         self._statement_ms = max(1, round(self.statement_timeout * 1000))
         self.codec = codec or Codec()
-        self._names = _Names(self.table_prefix)
-        self._sql = _Sql.build(self._names)
+        self._names = Names(self.table_prefix)
+        self._sql = Sql.build(self._names)
         where = self._info
         self._where = (
             f"{where.get('host') or 'localhost'}:{where.get('port') or 5432}/"
@@ -482,11 +158,10 @@ class PostgresDurableStorage(DurableExecutionStorage):
         auth = f"{user}:***@" if where.get("password") else (f"{user}@" if user else "")
         self._searched = f"at postgresql://{auth}{self._where} with table_prefix {self.table_prefix!r}"
         """Where executions are looked up, for `ExecutionNotFoundError` (password masked)."""
-        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
-        self._pools_lock = threading.Lock()
+        self._loops: PerLoop[LoopPool] = PerLoop()
         self._layout_ok = False
         # A storage dropped without close(): hand its pools back to their loops to close.
-        weakref.finalize(self, _release_pools, self._pools).atexit = False
+        weakref.finalize(self, self._loops.release_all).atexit = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresDurableStorage:
@@ -526,12 +201,12 @@ class PostgresDurableStorage(DurableExecutionStorage):
 
     # ---- connections ----------------------------------------------------------------------------
 
-    def _new_pool(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
-        conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
+    def _new_pool(self) -> LoopPool:
+        conns: weakref.WeakSet[Conn] = weakref.WeakSet()
 
         timeout = f"SET statement_timeout = {self._statement_ms}"
 
-        async def track(conn: _Conn) -> None:
+        async def track(conn: Conn) -> None:
             conns.add(conn)
             # A SET rather than a startup `options` parameter, which PgBouncer refuses by default.
             await conn.execute(timeout)
@@ -542,7 +217,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         }
         if "application_name" not in self._info:
             kwargs["application_name"] = "perdure"
-        pool = _Pool(
+        pool = Pool(
             self.dsn,
             kwargs=kwargs,
             min_size=self.min_size,
@@ -552,71 +227,44 @@ class PostgresDurableStorage(DurableExecutionStorage):
             timeout=self.connect_timeout,
             name=f"perdure-{self.table_prefix or 'default'}",
         )
-        return _LoopPool(loop, pool, conns=conns)
+        return LoopPool(pool, conns)
 
-    async def _pool(self) -> _Pool:
+    async def _pool(self) -> Pool:
         """Return this loop's pool, created and opened on first use (a pool cannot serve another loop)."""
-        loop = asyncio.get_running_loop()
-        entry = self._pools.get(loop)
-        if entry is None:
-            with self._pools_lock:
-                entry = self._pools.get(loop)
-                if entry is None:
-                    entry = self._pools[loop] = self._new_pool(loop)
-                orphans = [e for e in self._pools.values() if e.orphaned]
-                for orphan in orphans:  # loops of finished threads and closed loops
-                    del self._pools[orphan.loop]
-            for orphan in orphans:
-                orphan.close_elsewhere()
+        entry, _, orphans = self._loops.get(self._new_pool)
+        _per_loop.release(orphans)  # loops of finished threads and closed loops
         if entry.pool.closed:
             await entry.pool.open()
         return entry.pool
 
-    async def _getconn(self, pool: _Pool) -> _Conn:
-        """A pooled connection, skipping ones the server closed while they sat idle (after a restart).
+    @property
+    def _pools(self) -> dict[asyncio.AbstractEventLoop, _per_loop.Slot[LoopPool]]:
+        """The pools by event loop."""
+        return self._loops.slots
 
-        A cheap readability poll replaces a round trip per checkout: an idle connection only has
-        input when the server sent something, which is usually its goodbye.
-        """
-        for _ in range(self.max_size + 1):
-            conn = await pool.getconn()
-            if not _has_input(conn):
-                return conn
-            try:
-                await AsyncConnectionPool.check_connection(conn)
-            except psycopg.Error:
-                await conn.close()
-                await pool.putconn(conn)  # closed: the pool replaces it
-                continue
-            return conn
-        return await pool.getconn()
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection of this loop for the body, under the watchdog; returned to the pool after."""
+        pool = await self._pool()
+        conn = await checkout(pool, self.max_size)
+        try:
+            with watchdog(conn, self._answer_timeout, self.statement_timeout):
+                yield conn
+        finally:
+            await pool.putconn(conn)
 
     async def _retire_pool(self) -> None:
         """Drop this loop's pool after a pool timeout, so the next call reconnects at once.
 
         A pool that failed to connect retries with a growing back-off; a fresh pool does not wait.
         """
-        loop = asyncio.get_running_loop()
-        with self._pools_lock:
-            entry = self._pools.pop(loop, None)
+        entry = self._loops.pop()
         if entry is not None:
-            await entry.pool.close(timeout=_CLOSE_TIMEOUT)
+            await entry.client.aclose()
 
     async def close_async(self) -> None:
         """Close every pool; a later call opens new ones. Never blocks on another running loop."""
-        with self._pools_lock:
-            entries = list(self._pools.values())
-            self._pools.clear()
-        here = asyncio.get_running_loop()
-        helpers = []
-        for entry in entries:
-            if entry.loop is here:
-                await entry.pool.close(timeout=_CLOSE_TIMEOUT)
-            elif (helper := entry.close_elsewhere()) is not None:
-                helpers.append(helper)
-        deadline = time.monotonic() + _CLOSE_TIMEOUT + 1
-        while any(h.is_alive() for h in helpers) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the helpers close orphaned pools; do not block this loop
+        await _per_loop.close(self._loops.take_all(), wait=CLOSE_TIMEOUT + 1)
 
     # ---- statements -----------------------------------------------------------------------------
 
@@ -624,20 +272,15 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """Create or migrate the tables once per storage; refuse a layout newer than this code."""
         if self._layout_ok:
             return
-        pool = await self._pool()
-        conn = await self._getconn(pool)
-        try:
-            with self._watchdog(conn):
-                found = await self._layout_version(conn)
-                if found is None or found < LAYOUT_VERSION:
-                    found = await self._migrate(conn)
-        finally:
-            await pool.putconn(conn)
+        async with self._connection() as conn:
+            found = await self._layout_version(conn)
+            if found is None or found < LAYOUT_VERSION:
+                found = await self._migrate(conn)
         if found > LAYOUT_VERSION:
             raise self._incompatible(found)
         self._layout_ok = True
 
-    async def _layout_version(self, conn: _Conn) -> int | None:
+    async def _layout_version(self, conn: Conn) -> int | None:
         try:
             cur = await conn.execute(self._sql.meta_get)
         except pg_errors.UndefinedTable:
@@ -645,7 +288,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         row = await cur.fetchone()
         return int(row[0]) if row else None
 
-    async def _migrate(self, conn: _Conn) -> int:
+    async def _migrate(self, conn: Conn) -> int:
         """Apply the missing layout steps in one transaction, serialized across workers by a lock."""
         async with conn.transaction():
             await conn.execute(
@@ -678,15 +321,9 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """Run one statement (one autocommit transaction) and return its rows, with typed errors."""
         try:
             await self._ensure_layout()
-            pool = await self._pool()
-            conn = await self._getconn(pool)
-            try:
-                with self._watchdog(conn):
-                    async with conn.cursor(binary=True) as cur:
-                        await cur.execute(sql, params)
-                        return await cur.fetchall()
-            finally:
-                await pool.putconn(conn)
+            async with self._connection() as conn, conn.cursor(binary=True) as cur:
+                await cur.execute(sql, params)
+                return await cur.fetchall()
         except pg_errors.UniqueViolation as exc:
             if step is None:
                 raise await self._unavailable(exc, execution_id) from exc
@@ -694,58 +331,24 @@ class PostgresDurableStorage(DurableExecutionStorage):
         except psycopg.Error as exc:
             raise await self._unavailable(exc, execution_id) from exc
 
-    async def _transaction(self, work: Callable[[_Conn], Awaitable[_T]], execution_id: str | None) -> _T:
+    async def _transaction(self, work: Callable[[Conn], Awaitable[_T]], execution_id: str | None) -> _T:
         """Run `work` in one transaction on a pooled connection (rolled back if it raises)."""
         try:
             await self._ensure_layout()
-            pool = await self._pool()
-            conn = await self._getconn(pool)
-            try:
-                with self._watchdog(conn):
-                    async with conn.transaction():
-                        return await work(conn)
-            finally:
-                await pool.putconn(conn)
+            async with self._connection() as conn, conn.transaction():
+                return await work(conn)
         except psycopg.Error as exc:
             raise await self._unavailable(exc, execution_id) from exc
 
     @staticmethod
-    async def _rows(conn: _Conn, sql: str, params: _Params) -> list[_Row]:
+    async def _rows(conn: Conn, sql: str, params: _Params) -> list[_Row]:
         async with conn.cursor(binary=True) as cur:
             await cur.execute(sql, params)
             return await cur.fetchall() if cur.description is not None else []
 
-    async def _lock_id(self, conn: _Conn, execution_id: str) -> None:
+    async def _lock_id(self, conn: Conn, execution_id: str) -> None:
         """Serialize creating and deleting one execution (transaction-level advisory lock)."""
         await conn.execute(self._sql.lock_id, (f"perdure:{self.table_prefix.lower()}:{execution_id}",))
-
-    @contextlib.contextmanager
-    def _watchdog(self, conn: _Conn) -> Iterator[None]:
-        """Bound the work done on `conn` by `statement_timeout` plus a grace period, on the client side.
-
-        The server enforces `statement_timeout` itself; a server that stopped answering (stalled
-        host, lost network) cannot, so past the grace period the socket is shut (`_sever`) and the
-        operation fails with `_NoAnswer` instead of waiting for TCP to notice.
-        """
-        fired = False
-
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            _sever(conn)
-
-        timer = asyncio.get_running_loop().call_later(self._answer_timeout, expire)
-        try:
-            yield
-        except psycopg.OperationalError as exc:
-            if fired:
-                raise _NoAnswer(
-                    f"no answer within {self._answer_timeout:g}s (statement_timeout "
-                    f"{self.statement_timeout:g}s): the server or the network stalled"
-                ) from exc
-            raise
-        finally:
-            timer.cancel()
 
     async def _unavailable(self, exc: psycopg.Error, execution_id: str | None) -> PerdureError:
         """The typed error of a driver error: misconfigured, corrupt, or else unavailable (timeouts too)."""
@@ -771,7 +374,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
             )
         elif isinstance(exc, PoolTimeout):
             entry = self._pools.get(asyncio.get_running_loop())
-            if entry is not None and entry.pool.get_stats().get("pool_size", 0) >= self.max_size:
+            if entry is not None and entry.client.pool.get_stats().get("pool_size", 0) >= self.max_size:
                 detail = (
                     f"all {self.max_size} connections to {self._where} stayed busy for "
                     f"{self.connect_timeout:g}s; raise max_size or connect_timeout"
@@ -832,19 +435,9 @@ class PostgresDurableStorage(DurableExecutionStorage):
         head.lease_expires_at = _utc(expires) if expires is not None else None
         return head
 
-    def _decode_rows(self, rows: Iterable[_Row]) -> list[ExecutionRecord]:
-        heads = []
-        for row in rows:
-            try:
-                heads.append(self._decode_head(row))
-            except (CorruptRecordError, IncompatibleSchemaError) as exc:
-                logger.warning("skipping unreadable execution record: %s", exc)
-        return heads
-
-    async def _lease_lost(self, execution_id: str, owner: str | None) -> LeaseLostError:
+    async def _renewal_lost(self, execution_id: str, owner: str) -> LeaseLostError:
         rows = await self._query(self._sql.lease_of, (execution_id,), execution_id)
-        holder = rows[0][0] if rows else None
-        return LeaseLostError(execution_id, owner or "(no lease)", holder)
+        return LeaseLostError(execution_id, owner, rows[0][0] if rows else None)
 
     async def _refused(self, record: ExecutionRecord) -> PerdureError:
         """Why a head write changed nothing: deleted, never created, or fenced by another's lease."""
@@ -854,7 +447,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
             return ExecutionDeletedError(execution_id)
         if not exists:
             return self._not_found(execution_id)
-        return LeaseLostError(execution_id, record.lease_owner or "(no lease)", holder)
+        return self._lease_lost(record, holder)
 
     def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
         return ExecutionNotFoundError(execution_id, backend=_BACKEND, where=self._searched)
@@ -872,7 +465,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
             written = await self._query(self._sql.update, params, execution_id)
         else:
 
-            async def upsert(conn: _Conn) -> list[_Row]:
+            async def upsert(conn: Conn) -> list[_Row]:
                 await self._lock_id(conn, execution_id)
                 return await self._rows(conn, self._sql.save, params)
 
@@ -891,7 +484,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         The head row is locked first, so no lease can be taken and no write can land in between.
         """
 
-        async def delete(conn: _Conn) -> bool:
+        async def delete(conn: Conn) -> bool:
             await self._lock_id(conn, execution_id)
             rows = await self._rows(conn, self._sql.lock_head, (execution_id,))
             if not rows:
@@ -923,21 +516,11 @@ class PostgresDurableStorage(DurableExecutionStorage):
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         """Read the journal in sequence order (primary-key order)."""
         rows = await self._query(self._sql.steps, (execution_id,), execution_id)
-        check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
-        return [
-            decode_step(
-                execution_id,
-                seq,
-                bytes(payload),
-                codec=codec,
-                location=self._location,
-                max_size=self.codec.max_decompressed_size,
-            )
-            for seq, codec, payload in rows
-        ]
+        max_size = self.codec.max_decompressed_size
+        return self._journal_from_rows(execution_id, rows, location=self._location, max_size=max_size)
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
-        return self._decode_rows(await self._query(self._sql.all_heads, (), None))
+        return self._readable_heads(await self._query(self._sql.all_heads, (), None), self._decode_head)
 
     # ---- leases ---------------------------------------------------------------------------------
 
@@ -965,7 +548,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         params = {"id": execution_id, "owner": owner, "ttl": self._check_ttl(ttl_seconds)}
         rows = await self._query(self._sql.renew, params, execution_id)
         if not rows:
-            raise await self._lease_lost(execution_id, owner)
+            raise await self._renewal_lost(execution_id, owner)
         return _utc(rows[0][0])
 
     async def release_lease_async(self, execution_id: str, owner: str) -> bool:
@@ -983,15 +566,11 @@ class PostgresDurableStorage(DurableExecutionStorage):
             rows = await self._query(self._sql.list_all, (lim,), None)
         else:
             rows = await self._query(self._sql.list_status, (ExecutionStatus(status).value, lim), None)
-        return self._decode_rows(rows)
+        return self._readable_heads(rows, self._decode_head)
 
     async def get_stats_async(self) -> dict[str, Any]:
         """Counted by SQL; rows without a known status (damaged heads) are left out of both counts."""
-        by_status = {s.value: 0 for s in ExecutionStatus}
-        for status, count in await self._query(self._sql.stats, (), None):
-            if status in by_status:
-                by_status[status] = int(count)
-        return {"backend": _BACKEND, "total_executions": sum(by_status.values()), "by_status": by_status}
+        return self._stats(await self._query(self._sql.stats, (), None))
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
         """Purge old tombstones, then delete old executions that are not running; one transaction.
@@ -1001,7 +580,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """
         cutoff = self._cutoff(older_than_days)
 
-        async def clean(conn: _Conn) -> int:
+        async def clean(conn: Conn) -> int:
             await conn.execute(self._sql.purge, (cutoff,))
             ids = [row[0] for row in await self._rows(conn, self._sql.cleanup, (cutoff,))]
             if not ids:
@@ -1034,7 +613,7 @@ def _check_prefix(prefix: str) -> str:
         raise UserError(f"table_prefix must be a string, got {prefix!r}.")
     if prefix:
         validate_identifier(prefix, "table_prefix")
-    for name in _Names(prefix).all:
+    for name in Names(prefix).all:
         validate_identifier(name, f"table name (from table_prefix {prefix!r})")
     return prefix
 

@@ -24,13 +24,17 @@ nothing. Lease expiry is always compared with the server's clock (`TIME` inside 
 workers with skewed clocks agree on who holds a lease. All keys a script touches are passed in
 `KEYS`; the global indexes make the layout unsuitable for Redis Cluster (use one primary, with
 replicas and persistence as needed). Needs Redis 5 or newer (scripts replicate their effects).
+
+The key names and the scripts are in `perdure.storage._redis_scripts`, and the client of each event
+loop is kept by `perdure.storage._per_loop`. What is left here (some 650 lines) is one concept, the
+client side of that format: options and URL parsing, redis-py's errors mapped to perdure's, heads
+encoded into script arguments, and every contract method next to the reply it reads, so that a
+script's reply codes (`lease`, `deleted`, `missing`, `conflict`, ...) are read where they are asked for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +48,6 @@ from ..errors import (
     ExecutionDeletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
-    IncompatibleSchemaError,
     LeaseLostError,
     StepConflictError,
     StorageConfigurationError,
@@ -52,7 +55,10 @@ from ..errors import (
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
-from .base import DurableExecutionStorage, check_journal_seqs, logger, stored_seq
+from . import _per_loop
+from ._per_loop import PerLoop
+from ._redis_scripts import SCRIPTS, STATUSES, Keys
+from .base import DurableExecutionStorage, check_journal_seqs, stored_seq
 
 try:
     import redis.asyncio as aioredis
@@ -71,281 +77,13 @@ T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-_STATUSES = [s.value for s in ExecutionStatus]
-_FINISHED = (ExecutionStatus.COMPLETED.value, ExecutionStatus.CANCELLED.value)
 _BATCH = 256
 """Ids read per index page (list, cleanup) and expired executions forgotten per script call."""
 _URL_PARAMS = ("prefix", "socket_timeout", "ttl")
 _TOMBSTONE_TTL = 7 * 24 * 3600.0
 """Minimum lifetime of a tombstone (seconds); longer when `ttl` is."""
-
-# ---- Lua ----------------------------------------------------------------------------------------
-# Per-execution scripts get KEYS = head, journal, lease, idx:all, idx:expiry, idx:status:<s>... in
-# `_STATUSES` order, tomb, idx:tombstones (see `_Keys.execution`).
-
-# Lua tables built from the Python enums, so the scripts can never disagree with them.
-_LUA_TABLES = (
-    f"local STATUS_INDEX = {{{', '.join(f'[{name!r}] = {i}' for i, name in enumerate(_STATUSES))}}}\n"
-    f"local FINISHED = {{{', '.join(f'[{name!r}] = true' for name in _FINISHED)}}}\n"
-)
-
-_LUA_COMMON = (
-    _LUA_TABLES
-    + f"local TOMB_KEY = {6 + len(_STATUSES)}\n"
-    + """local FIRST_STATUS_KEY = 6
-local TOMB_INDEX = TOMB_KEY + 1
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- The holder of an unexpired lease that is not `owner`, or nil when `owner` may write.
-local function fence(owner)
-  local held = redis.call('HMGET', KEYS[3], 'o', 'e')
-  if held[1] and held[1] ~= owner and tonumber(held[2]) > now_us() then
-    return held[1]
-  end
-  return nil
-end
-
--- Why a write of this id must not go ahead: 'deleted' (tombstoned), or 'missing' when the head is
--- gone and the write may not create it (a step append, a write of a running attempt); nil if it may.
-local function refusal(must_exist)
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    return nil
-  end
-  if redis.call('EXISTS', KEYS[TOMB_KEY]) == 1 then
-    return 'deleted'
-  end
-  if must_exist then
-    return 'missing'
-  end
-  return nil
-end
-
--- Remove the id from the execution indexes (all, expiry, statuses).
-local function unindex(id)
-  for i = 4, TOMB_KEY - 1 do
-    redis.call('ZREM', KEYS[i], id)
-  end
-end
-
--- Write the head and keep the indexes and the TTL of the execution's keys in step with its status.
-local function put_head(id, codec, payload, status, score, ttl_ms)
-  local old = redis.call('HGET', KEYS[1], 's')
-  redis.call('HSET', KEYS[1], 'c', codec, 'd', payload, 's', status)
-  if old ~= status then
-    -- Remove from every other status index, not only the stored one: a head that expired or was
-    -- replaced by a raw write leaves no trustworthy old status behind.
-    for name, offset in pairs(STATUS_INDEX) do
-      if name ~= status then
-        redis.call('ZREM', KEYS[FIRST_STATUS_KEY + offset], id)
-      end
-    end
-  end
-  redis.call('ZADD', KEYS[4], score, id)
-  if STATUS_INDEX[status] then
-    redis.call('ZADD', KEYS[FIRST_STATUS_KEY + STATUS_INDEX[status]], score, id)
-  end
-  if ttl_ms > 0 and FINISHED[status] then
-    for i = 1, 3 do
-      redis.call('PEXPIRE', KEYS[i], ttl_ms)
-    end
-    redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + ttl_ms), id)
-  elseif old and FINISHED[old] then
-    for i = 1, 3 do
-      redis.call('PERSIST', KEYS[i])
-    end
-    redis.call('ZREM', KEYS[5], id)
-  end
-end
-"""
-)
-
-# ARGV: id, owner, codec, payload, status, score, ttl_ms
-_LUA_SAVE = (
-    _LUA_COMMON
-    + """
-local refused = refusal(ARGV[2] ~= '')
-if refused then
-  return {refused}
-end
-local holder = fence(ARGV[2])
-if holder then
-  return {'lease', holder}
-end
-put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
-return {'ok'}
-"""
-)
-
-# ARGV: id, owner, codec, payload, status, score, ttl_ms, seq, entry
-_LUA_APPEND = (
-    _LUA_COMMON
-    + """
-local refused = refusal(true)
-if refused then
-  return {refused}
-end
-local holder = fence(ARGV[2])
-if holder then
-  return {'lease', holder}
-end
-local seq = tonumber(ARGV[8])
-local length = redis.call('LLEN', KEYS[2])
-if length ~= seq then
-  -- A client retry of this very write whose reply was lost finds its own entry last: done already.
-  if length ~= seq + 1 or redis.call('LINDEX', KEYS[2], seq) ~= ARGV[9] then
-    return {'conflict', length}
-  end
-else
-  redis.call('RPUSH', KEYS[2], ARGV[9])
-end
-put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
-return {'ok'}
-"""
-)
-
-# ARGV: id, only_if_gone ('1': forget index entries of an execution whose head expired), force ('1':
-# delete even under an unexpired lease), tombstone ttl_ms, max_score ('' or: delete only if the
-# execution's `updated_at` score is below it, for cleanup). Replies {'ok', existed} or
-# {'leased', owner, expiry}.
-_LUA_DELETE = (
-    _LUA_COMMON
-    + """
-if ARGV[2] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    local pttl = redis.call('PTTL', KEYS[1])
-    if pttl > 0 then
-      redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + pttl), ARGV[1])
-    else
-      redis.call('ZREM', KEYS[5], ARGV[1])
-    end
-    return {'ok', 0}
-  end
-  -- The head expired: forget what is left, without a tombstone (an expiry is not a delete).
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  unindex(ARGV[1])
-  return {'ok', 0}
-end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
-  unindex(ARGV[1])
-  return {'ok', 0}
-end
-if ARGV[5] ~= '' then
-  local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
-  if score and tonumber(score) >= tonumber(ARGV[5]) then
-    return {'ok', 0}
-  end
-end
-if ARGV[3] ~= '1' then
-  local held = redis.call('HMGET', KEYS[3], 'o', 'e')
-  if held[1] and tonumber(held[2]) > now_us() then
-    return {'leased', held[1], held[2]}
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-unindex(ARGV[1])
-local now = now_us()
-local ttl_ms = tonumber(ARGV[4])
-redis.call('SET', KEYS[TOMB_KEY], string.format('%.0f', now), 'PX', ttl_ms)
-redis.call('ZADD', KEYS[TOMB_INDEX], string.format('%.0f', now), ARGV[1])
--- Forget index entries of tombstones that expired on their own.
-redis.call('ZREMRANGEBYSCORE', KEYS[TOMB_INDEX], '-inf', '(' .. string.format('%.0f', now - ttl_ms * 1000))
-return {'ok', 1}
-"""
-)
-
-# KEYS: idx:tombstones, tomb:<id>... ARGV: cutoff (microseconds), id... Purges the tombstones of the
-# given ids that are older than the cutoff; returns how many.
-_LUA_PURGE = """
-local purged = 0
-for i = 2, #KEYS do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) < tonumber(ARGV[1]) then
-    redis.call('DEL', KEYS[i])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    purged = purged + 1
-  end
-end
-return purged
-"""
-
-# KEYS: head, lease. ARGV: owner, ttl_us, steal ('1' to take the lease from ARGV[4] too), steal_from
-_LUA_ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'missing'}
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local held = redis.call('HMGET', KEYS[2], 'o', 'e')
-local stealable = ARGV[3] == '1' and held[1] == ARGV[4]
-if held[1] and held[1] ~= ARGV[1] and not stealable and tonumber(held[2]) > now then
-  return {'leased', held[1], held[2]}
-end
-local expires = string.format('%.0f', now + tonumber(ARGV[2]))
-redis.call('HSET', KEYS[2], 'o', ARGV[1], 'e', expires)
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl > 0 then
-  redis.call('PEXPIRE', KEYS[2], pttl)
-end
-local head = redis.call('HMGET', KEYS[1], 'c', 'd')
-return {'ok', expires, head[1], head[2]}
-"""
-
-# KEYS: head, lease. ARGV: owner, ttl_us
-_LUA_RENEW = """
-local holder = redis.call('HGET', KEYS[2], 'o')
-if redis.call('EXISTS', KEYS[1]) == 0 or holder ~= ARGV[1] then
-  return {'lost', holder or ''}
-end
-local t = redis.call('TIME')
-local expires = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]))
-redis.call('HSET', KEYS[2], 'e', expires)
-return {'ok', expires}
-"""
-
-# KEYS: lease. ARGV: owner
-_LUA_RELEASE = """
-if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: idx:expiry, idx:status:<s>... ARGV: batch. Counts, or the executions due for forgetting first.
-_LUA_STATS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #due > 0 then
-  return {'due', due}
-end
-local counts = {}
-for i = 2, #KEYS do
-  counts[i - 1] = redis.call('ZCARD', KEYS[i])
-end
-return {'ok', counts}
-"""
-
-_SCRIPTS = {
-    "save": _LUA_SAVE,
-    "append": _LUA_APPEND,
-    "delete": _LUA_DELETE,
-    "purge": _LUA_PURGE,
-    "acquire": _LUA_ACQUIRE,
-    "renew": _LUA_RENEW,
-    "release": _LUA_RELEASE,
-    "stats": _LUA_STATS,
-}
-
+_CLOSE_WAIT = 3.0
+"""Seconds `close` waits for the clients of loops whose thread ended to close."""
 
 # ---- helpers ------------------------------------------------------------------------------------
 
@@ -418,56 +156,6 @@ def _connection_options(url: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _Keys:
-    """Key names of one storage prefix."""
-
-    prefix: str
-
-    def head(self, execution_id: str) -> str:
-        return f"{self.prefix}head:{execution_id}"
-
-    def journal(self, execution_id: str) -> str:
-        return f"{self.prefix}journal:{execution_id}"
-
-    def lease(self, execution_id: str) -> str:
-        return f"{self.prefix}lease:{execution_id}"
-
-    def tomb(self, execution_id: str) -> str:
-        return f"{self.prefix}tomb:{execution_id}"
-
-    @property
-    def tombstones(self) -> str:
-        return f"{self.prefix}idx:tombstones"
-
-    @property
-    def all(self) -> str:
-        return f"{self.prefix}idx:all"
-
-    @property
-    def expiry(self) -> str:
-        return f"{self.prefix}idx:expiry"
-
-    def status(self, status: str) -> str:
-        return f"{self.prefix}idx:status:{status}"
-
-    def statuses(self) -> list[str]:
-        return [self.status(s) for s in _STATUSES]
-
-    def execution(self, execution_id: str) -> list[str]:
-        """KEYS of the per-execution scripts, in the order `_LUA_COMMON` expects."""
-        return [
-            self.head(execution_id),
-            self.journal(execution_id),
-            self.lease(execution_id),
-            self.all,
-            self.expiry,
-            *self.statuses(),
-            self.tomb(execution_id),
-            self.tombstones,
-        ]
-
-
 @dataclass
 class _Conn:
     """A client bound to one event loop, with the scripts registered on it."""
@@ -476,12 +164,13 @@ class _Conn:
     scripts: dict[str, AsyncScript]
     guard: AsyncGenerator[None, None]
     """Started on the client's loop; closes the client when that loop shuts down (see `_closing`)."""
-    thread: threading.Thread
-    """The thread that created the client; once it died, nothing else runs that loop any more."""
 
-    def orphaned(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether `loop` can no longer serve this client: closed, or its thread is gone."""
-        return loop.is_closed() or (not self.thread.is_alive() and not loop.is_running())
+    async def aclose(self) -> None:
+        """Close the client (on its own loop)."""
+        await self.guard.aclose()
+
+    def abandon(self) -> None:
+        """Nothing to drop by hand: a loop shut down by `asyncio.run` or `perdure._sync` closed it."""
 
 
 async def _closing(client: aioredis.Redis) -> AsyncGenerator[None, None]:
@@ -587,9 +276,8 @@ class RedisDurableStorage(DurableExecutionStorage):
         auth = f"{user}:***@" if options["password"] else (f"{user}@" if user else "")
         self._searched = f"at {scheme}://{auth}{self.host}:{self.port}/{self.db} under prefix {self.prefix!r}"
         """Where executions are looked up, for `ExecutionNotFoundError` (password masked)."""
-        self._keys = _Keys(self.prefix)
-        self._conns: dict[asyncio.AbstractEventLoop, _Conn] = {}
-        self._conns_lock = threading.Lock()
+        self._keys = Keys(self.prefix)
+        self._conns: PerLoop[_Conn] = PerLoop()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisDurableStorage:
@@ -625,29 +313,20 @@ class RedisDurableStorage(DurableExecutionStorage):
 
     async def _conn(self) -> _Conn:
         """Return the running loop's client, created on first use (a client cannot move between loops)."""
-        loop = asyncio.get_running_loop()
-        with self._conns_lock:
-            conn = self._conns.get(loop)
-            if conn is not None:
-                return conn
-            # Sync twins called from short-lived threads leave a loop per thread behind: reap their
-            # clients here, or a long-running process would pile up server connections.
-            orphans = {lp: c for lp, c in self._conns.items() if c.orphaned(lp)}
-            for orphan in orphans:
-                del self._conns[orphan]
-            client = aioredis.Redis(**self._client_options)
-            scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
-            conn = _Conn(client, scripts, _closing(client), threading.current_thread())
-            self._conns[loop] = conn
-        await anext(conn.guard)
-        await _close_all(orphans)
+        conn, created, orphans = self._conns.get(self._new_conn)
+        if created:
+            await anext(conn.guard)
+            await _per_loop.close(orphans, wait=_CLOSE_WAIT)
         return conn
 
+    def _new_conn(self) -> _Conn:
+        client = aioredis.Redis(**self._client_options)
+        scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
+        return _Conn(client, scripts, _closing(client))
+
     async def close_async(self) -> None:
-        """Close every loop's client; a later call opens new ones (see `_close_all`)."""
-        with self._conns_lock:
-            conns, self._conns = self._conns, {}
-        await _close_all(conns)
+        """Close every loop's client; a later call opens new ones (see `perdure.storage._per_loop`)."""
+        await _per_loop.close(self._conns.take_all(), wait=_CLOSE_WAIT)
 
     @contextlib.contextmanager
     def _errors(self, execution_id: str | None) -> Iterator[None]:
@@ -777,7 +456,7 @@ class RedisDurableStorage(DurableExecutionStorage):
 
     def _check_write(self, record: ExecutionRecord, reply: list[Any]) -> None:
         if reply[0] == b"lease":
-            raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", _text(reply[1]))
+            raise self._lease_lost(record, _text(reply[1]))
         if reply[0] == b"deleted":
             raise ExecutionDeletedError(record.execution_id)
         if reply[0] == b"missing":
@@ -895,14 +574,13 @@ class RedisDurableStorage(DurableExecutionStorage):
             start += len(raw_ids)
             ids = [i for i in (_text(r) for r in raw_ids) if i not in seen]
             seen.update(ids)
+            found = []
             for eid, (head, lease) in zip(ids, await self._fetch(ids), strict=True):
                 if head[1] is None:
                     gone.append(eid)
-                    continue
-                try:
-                    heads.append(self._decode(eid, head, lease))
-                except (CorruptRecordError, IncompatibleSchemaError) as exc:
-                    logger.warning("skipping unreadable execution record: %s", exc)
+                else:
+                    found.append((eid, head, lease))
+            heads.extend(self._readable_heads(found, lambda row: self._decode(*row)))
             if len(raw_ids) < page:
                 break
         if gone:
@@ -926,12 +604,7 @@ class RedisDurableStorage(DurableExecutionStorage):
         for _ in range(10_000):  # each round forgets up to _BATCH expired executions
             kind, values = await self._script("stats", keys, [_BATCH], None)
             if kind == b"ok":
-                by_status = dict(zip(_STATUSES, (int(v) for v in values), strict=True))
-                return {
-                    "backend": self.backend_name,
-                    "total_executions": sum(by_status.values()),
-                    "by_status": by_status,
-                }
+                return self._stats(zip(STATUSES, values, strict=True))
             await self._forget([_text(v) for v in values])
         raise StorageUnavailableError(
             "redis", f"{self._where}: expiry index did not settle"
@@ -985,35 +658,3 @@ class RedisDurableStorage(DurableExecutionStorage):
         now = datetime.now(UTC)
         args = [execution_id, "", "json", payload, "", str(_micros(now)), "0"]
         run_sync(self._script("save", self._keys.execution(execution_id), args, execution_id))
-
-
-async def _close_all(conns: dict[asyncio.AbstractEventLoop, _Conn]) -> None:
-    """Close clients, each on its own loop.
-
-    The current loop's client is closed here. A loop that was closed already closed its client (see
-    `_closing`). A loop whose thread is gone is run once more on a worker thread to close its client,
-    since nothing else will ever run it. A loop of a live thread gets the close scheduled for when it
-    next runs, without waiting: it may be the loop blocked in the sync twin running this very call.
-    """
-    current = asyncio.get_running_loop()
-    for loop, conn in conns.items():
-        if loop is current:
-            await conn.guard.aclose()
-        elif loop.is_closed():
-            continue
-        elif conn.orphaned(loop):
-            await asyncio.to_thread(_close_on, loop, conn.guard)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_close_later, loop, conn.guard)
-
-
-def _close_on(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
-    """Run an orphaned loop until the client's close finished (from a worker thread)."""
-    with contextlib.suppress(RuntimeError):  # someone started running the loop meanwhile
-        loop.run_until_complete(guard.aclose())
-
-
-def _close_later(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
-    """Close a client on its own loop, as a callback scheduled there from another thread."""
-    loop.create_task(guard.aclose())

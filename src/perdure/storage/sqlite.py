@@ -15,6 +15,11 @@ pool shared by all threads. A file this process cannot write is opened read-only
 raise `StorageConfigurationError`. Driver errors map to typed errors: damaged file
 `CorruptRecordError`, lock timeout `StorageLockedError`, read-only or unusable path
 `StorageConfigurationError`, anything else `StorageUnavailableError`.
+
+One module (some 630 lines) for one concept, the SQLite backend: its statements (built per table
+name; the benchmarks read them from the storage), opening the file read-write or read-only, the
+mapping of SQLite's result codes, and the contract, each write one `_transaction` (`_immediate`).
+The connection pool shared by threads is `perdure.storage._sqlite_pool`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from .. import _faults
-from ..codec import Codec, decode_head, decode_step, encode_head, encode_step
+from ..codec import Codec, decode_head, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
     ExecutionDeletedError,
@@ -48,7 +53,7 @@ from ..errors import (
 from ..records import SCHEMA_VERSION, ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from . import _clock
 from ._sqlite_pool import ConnectionPool
-from .base import DurableExecutionStorage, check_journal_seqs, logger, validate_identifier
+from .base import DurableExecutionStorage, logger, validate_identifier
 
 __all__ = ["SQLiteDurableStorage"]
 
@@ -73,6 +78,20 @@ def _codes(exc: sqlite3.Error) -> tuple[int | None, int | None]:
     """The extended and primary SQLite result codes of a driver error (None when it has none)."""
     code: int | None = getattr(exc, "sqlite_errorcode", None)
     return code, None if code is None else code & 0xFF
+
+
+def _immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Run `work` in one `BEGIN IMMEDIATE` transaction on `conn`: committed, or rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        _faults.point("before_commit")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _ts(moment: datetime) -> str:
@@ -351,8 +370,8 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
     def _create_schema(self, conn: sqlite3.Connection) -> int:
         """Create or upgrade the tables in one transaction; return the stored schema version."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def create(conn: sqlite3.Connection) -> int:
             for sql in self._sql_schema:
                 conn.execute(sql)
             columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table_name})")}
@@ -365,14 +384,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                 if column not in columns:  # tables created before leases (or lease clocks) existed
                     conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
             conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
-            found = int(conn.execute(self._sql_meta_get).fetchone()[0])
-            _faults.point("before_commit")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return found
+            return int(conn.execute(self._sql_meta_get).fetchone()[0])
+
+        return _immediate(conn, create)
 
     async def close_async(self) -> None:
         """Close the pooled connections; a later call opens new ones."""
@@ -440,7 +454,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         execution_id = record.execution_id
         holder = conn.execute(self._sql_lease_holder, (execution_id,)).fetchone()
         if holder is not None:
-            return LeaseLostError(execution_id, record.lease_owner or "(no lease)", holder[0])
+            return self._lease_lost(record, holder[0])
         if conn.execute(self._sql_tomb_get, (execution_id,)).fetchone() is not None:
             return ExecutionDeletedError(execution_id)
         return self._not_found(execution_id)
@@ -452,20 +466,11 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         """Run `work` in one immediate transaction, mapping driver errors to typed ones (`_unavailable`)."""
         try:
             with self._pool.connection() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                    _faults.point("before_commit")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                return _immediate(conn, work)
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
             raise self._unavailable(exc, execution_id) from exc
-        return result
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
         """Write the head (fenced by the lease) in its own transaction.
@@ -579,27 +584,11 @@ class SQLiteDurableStorage(DurableExecutionStorage):
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         """Read the journal in sequence order; a gap in the seqs is `CorruptRecordError`."""
         rows = self._read(self._sql_load_steps, (execution_id,), execution_id)
-        check_journal_seqs(execution_id, [row[0] for row in rows], location=self._location)
-        return [
-            decode_step(
-                execution_id,
-                seq,
-                payload,
-                codec=codec,
-                location=self._location,
-                max_size=self.codec.max_decompressed_size,
-            )
-            for seq, codec, payload in rows
-        ]
+        max_size = self.codec.max_decompressed_size
+        return self._journal_from_rows(execution_id, rows, location=self._location, max_size=max_size)
 
     def _decode_rows(self, rows: Iterable[Any]) -> list[ExecutionRecord]:
-        heads = []
-        for execution_id, codec, payload, lease_owner, lease_expires in rows:
-            try:
-                heads.append(self._decode_head(execution_id, codec, payload, lease_owner, lease_expires))
-            except (CorruptRecordError, IncompatibleSchemaError) as exc:
-                logger.warning("skipping unreadable execution record: %s", exc)
-        return heads
+        return self._readable_heads(rows, lambda row: self._decode_head(*row))
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         return self._decode_rows(self._read(self._sql_all_heads, ()))
@@ -620,15 +609,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
     async def get_stats_async(self) -> dict[str, Any]:
         """Count by SQL; rows without a known status (damaged heads) are left out of both counts."""
-        by_status = {s.value: 0 for s in ExecutionStatus}
-        for status, count in self._read(self._sql_stats, ()):
-            if status in by_status:
-                by_status[status] = count
-        return {
-            "backend": self.backend_name,
-            "total_executions": sum(by_status.values()),
-            "by_status": by_status,
-        }
+        return self._stats(self._read(self._sql_stats, ()))
 
     async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
         """Purge old tombstones, then delete old executions that are not running; one transaction.

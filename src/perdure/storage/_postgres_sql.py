@@ -1,0 +1,208 @@
+"""The PostgreSQL backend's table layout, its migrations and its SQL statements.
+
+Why a module of its own: this is the backend's storage format in the database, versioned as a whole
+(`LAYOUT_VERSION`, stored in the meta table), and it is text built once per table prefix; the client
+side (`perdure.storage.postgres`) only runs these statements and maps their rows and errors. Keeping
+the statements together keeps the write fence (`ON CONFLICT ... WHERE` / `UPDATE ... WHERE` on the
+lease columns) in one place for every write that needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["LAYOUT_VERSION", "MIGRATIONS", "Names", "Sql"]
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every identifier derived from the table prefix (validated before any SQL is built)."""
+
+    prefix: str
+
+    @property
+    def heads(self) -> str:
+        return f"{self.prefix}heads"
+
+    @property
+    def steps(self) -> str:
+        return f"{self.prefix}steps"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}meta"
+
+    @property
+    def tombstones(self) -> str:
+        return f"{self.prefix}tombstones"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        h, tb = self.heads, self.tombstones
+        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx", tb, f"{tb}_idx")
+
+
+def _layout_v1(n: Names) -> list[str]:
+    """Heads, journal and the two indexes that answer list, stats and cleanup."""
+    h, s = n.heads, n.steps
+    return [
+        f"CREATE TABLE IF NOT EXISTS {h} (execution_id TEXT PRIMARY KEY, status TEXT, "
+        f"updated_at TIMESTAMPTZ NOT NULL, created_at TIMESTAMPTZ NOT NULL, lease_owner TEXT, "
+        f"lease_expires_at TIMESTAMPTZ, codec TEXT NOT NULL, payload BYTEA NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        f"kind TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, codec TEXT NOT NULL, "
+        f"payload BYTEA NOT NULL, PRIMARY KEY (execution_id, seq))",
+        # Newest-first listing; its leading column also serves cleanup's `updated_at < cutoff` range.
+        f"CREATE INDEX IF NOT EXISTS {h}_updated_idx ON {h} (updated_at DESC, execution_id DESC)",
+        # Listing by status, and stats (GROUP BY status) as an index-only scan.
+        f"CREATE INDEX IF NOT EXISTS {h}_status_idx ON {h} (status, updated_at DESC, execution_id DESC)",
+    ]
+
+
+def _layout_v2(n: Names) -> list[str]:
+    """Tombstones of deleted executions, purged by `deleted_at` range."""
+    tb = n.tombstones
+    return [
+        f"CREATE TABLE IF NOT EXISTS {tb} (execution_id TEXT PRIMARY KEY, deleted_at TIMESTAMPTZ NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {tb}_idx ON {tb} (deleted_at)",
+    ]
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Names], list[str]]], ...] = ((1, _layout_v1), (2, _layout_v2))
+"""Ordered `(version, statements)` steps; a new layout appends `(2, _layout_v2)` with its ALTERs."""
+
+LAYOUT_VERSION = MIGRATIONS[-1][0]
+"""Version of the table layout this perdure writes; it refuses tables of a higher version."""
+
+
+@dataclass(frozen=True)
+class Sql:
+    """The statements of one table prefix, built once per storage."""
+
+    save: str
+    update: str
+    append: str
+    refusal: str
+    lock_id: str
+    lock_head: str
+    load: str
+    lease_of: str
+    acquire: str
+    renew: str
+    release: str
+    delete: str
+    steps: str
+    all_heads: str
+    list_all: str
+    list_status: str
+    stats: str
+    cleanup: str
+    delete_many: str
+    purge: str
+    raw_head: str
+    meta_create: str
+    meta_get: str
+    meta_put: str
+
+    @classmethod
+    def build(cls, n: Names) -> Sql:
+        h, s, m, tb = n.heads, n.steps, n.meta, n.tombstones
+        cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
+        # The fence: evaluated on the locked, latest row version; the lease columns are never set.
+        fence = (
+            "(cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
+            "OR cur.lease_expires_at <= clock_timestamp())"
+        )
+        # Creates the head unless the id is tombstoned (callers hold the id's advisory lock).
+        upsert = (
+            f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload) "
+            f"SELECT %(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s "
+            f"WHERE NOT EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s) "
+            f"ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status, "
+            f"updated_at = EXCLUDED.updated_at, created_at = EXCLUDED.created_at, "
+            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload WHERE {fence} RETURNING 1"
+        )
+        # Never creates: the write of a running attempt, and the head half of a step append.
+        update = (
+            f"UPDATE {h} AS cur SET status = %(status)s, updated_at = %(updated)s, "
+            f"created_at = %(created)s, codec = %(codec)s, payload = %(payload)s "
+            f"WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
+        )
+        listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
+        expiry = "clock_timestamp() + make_interval(secs => %(ttl)s)"
+        return cls(
+            save=upsert,
+            update=update,
+            append=(
+                f"WITH head AS ({update}) "
+                f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
+                f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
+                f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
+            ),
+            refusal=(
+                f"SELECT (SELECT lease_owner FROM {h} WHERE execution_id = %(id)s), "
+                f"EXISTS (SELECT FROM {h} WHERE execution_id = %(id)s), "
+                f"EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s)"
+            ),
+            lock_id="SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            lock_head=(
+                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
+                f"FROM {h} WHERE execution_id = %s FOR UPDATE"
+            ),
+            load=f"SELECT {cols} FROM {h} WHERE execution_id = %s",
+            lease_of=(
+                f"SELECT lease_owner, lease_expires_at, lease_expires_at > clock_timestamp() "
+                f"FROM {h} WHERE execution_id = %s"
+            ),
+            acquire=(
+                f"UPDATE {h} SET lease_owner = %(owner)s, lease_expires_at = {expiry} "
+                f"WHERE execution_id = %(id)s AND (lease_owner IS NULL OR lease_owner = %(owner)s "
+                f"OR lease_owner = %(steal)s OR lease_expires_at <= clock_timestamp()) RETURNING {cols}"
+            ),
+            renew=(
+                f"UPDATE {h} SET lease_expires_at = {expiry} "
+                f"WHERE execution_id = %(id)s AND lease_owner = %(owner)s RETURNING lease_expires_at"
+            ),
+            release=(
+                f"UPDATE {h} SET lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE execution_id = %s AND lease_owner = %s RETURNING 1"
+            ),
+            delete=(
+                f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s), "
+                f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s), "
+                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) VALUES (%(id)s, clock_timestamp()) "
+                f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) SELECT 1"
+            ),
+            steps=f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s ORDER BY seq",
+            all_heads=f"SELECT {cols} FROM {h}",
+            list_all=listing.format(where=""),
+            list_status=listing.format(where="WHERE status = %s"),
+            stats=f"SELECT status, count(*) FROM {h} GROUP BY status",
+            # Old executions that are not running, locked until the cleanup's transaction ends.
+            cleanup=(
+                f"SELECT execution_id FROM {h} WHERE updated_at < %s AND (lease_owner IS NULL "
+                f"OR lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp()) "
+                f"FOR UPDATE SKIP LOCKED"
+            ),
+            delete_many=(
+                f"WITH st AS (DELETE FROM {s} WHERE execution_id = ANY(%(ids)s)), "
+                f"hd AS (DELETE FROM {h} WHERE execution_id = ANY(%(ids)s) RETURNING execution_id), "
+                f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) SELECT execution_id, clock_timestamp() "
+                f"FROM hd ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
+                f"SELECT count(*) FROM hd"
+            ),
+            purge=f"DELETE FROM {tb} WHERE deleted_at < %s",
+            raw_head=(
+                f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
+                f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "
+                f"ON CONFLICT (execution_id) DO UPDATE SET status = NULL, codec = 'json', "
+                f"payload = EXCLUDED.payload RETURNING 1"
+            ),
+            meta_create=f"CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            meta_get=f"SELECT value FROM {m} WHERE key = 'layout_version'",
+            meta_put=(
+                f"INSERT INTO {m} (key, value) VALUES ('layout_version', %s) "
+                f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+        )
