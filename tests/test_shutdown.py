@@ -45,6 +45,7 @@ from conftest import backend_url
 from perdure.durable import DurableExecution
 from perdure.records import ExecutionStatus, StepKind
 from perdure.storage import DurableExecutionStorage, storage_from_url
+from test_worker import stop
 
 pytestmark = pytest.mark.crash
 
@@ -127,16 +128,9 @@ def start_worker(url: str, ledger: Path) -> subprocess.Popen[str]:
 
 
 def finish(proc: subprocess.Popen[str], sig: int | None, timeout: float = 30) -> str:
-    """Send `sig` (None: just wait), wait for a clean exit (code 0, no traceback); return stderr."""
-    if sig is not None and proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"worker {proc.pid} did not stop within {timeout}s: {err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
+    """`test_worker.stop`, then require a clean exit (code 0, no traceback); return stderr."""
+    code, err = stop(proc, sig, timeout)
+    assert code == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     return err
 

@@ -71,13 +71,6 @@ class Registry:
         with self._lock:
             return self._types_by_ref.get(ref)
 
-    def clear(self) -> None:
-        """Forget everything (tests)."""
-        with self._lock:
-            self._tools_by_ref.clear()
-            self._tools_by_name.clear()
-            self._types_by_ref.clear()
-
 
 registry = Registry()
 """The process-wide registry."""
