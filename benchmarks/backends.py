@@ -4,7 +4,7 @@ Run it with ``.venv/bin/python benchmarks/backends.py`` (5-10 minutes on a share
 mostly section 3) or ``--quick`` (under a minute, smaller counts, every section still runs).
 Without ``--redis-url`` / ``--postgres-dsn`` it starts its own ``redis-server`` and PostgreSQL on
 free 127.0.0.1 ports in temporary directories, with the launch helpers of the test suite
-(``tests/server_redis.py``, ``tests/server_postgres.py``), and stops them at the end. With a
+(``tests/support/server_redis.py``, ``tests/support/server_postgres.py``), and stops them at the end. With a
 URL/DSN it works in tables and keys of its own (random prefixes) and drops them afterwards.
 ``--sections 1,3`` runs a subset.
 
@@ -265,7 +265,7 @@ def servers(redis_url: str | None, postgres_dsn: str | None, want: set[str]) -> 
             found.redis_url, found.redis_note = redis_url, f"given: {redis_url}"
         elif "redis" in want:
             try:
-                from server_redis import launch_redis
+                from support.server_redis import launch_redis
 
                 directory = Path(tempfile.mkdtemp(prefix="perdure-bench-redis-"))
                 stack.callback(shutil.rmtree, directory, True)
@@ -279,7 +279,7 @@ def servers(redis_url: str | None, postgres_dsn: str | None, want: set[str]) -> 
             found.postgres_dsn, found.postgres_note = postgres_dsn, "given: --postgres-dsn"
         elif "postgres" in want:
             try:
-                from server_postgres import _remove, _start_server
+                from support.server_postgres import _remove, _start_server
 
                 pg = _start_server()
                 stack.callback(_remove, pg)

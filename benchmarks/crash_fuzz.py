@@ -57,7 +57,7 @@ if SRC.is_dir():
     sys.path.insert(0, str(SRC))
 
 import crash_fuzz_app as app  # noqa: E402
-from perdure.durable.keys import (  # noqa: E402
+from perdure.durable._keys import (  # noqa: E402
     TOOL,
     call_key,
     is_decision_for,

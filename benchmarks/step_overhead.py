@@ -279,6 +279,18 @@ def db_bytes(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
+async def empty_db_bytes(storage: SQLiteDurableStorage, path: Path) -> int:
+    """Size of `storage`'s database holding its tables and no execution (the fixed cost of a file).
+
+    The database is created lazily by the first write, so one execution is written and deleted
+    (through the public API; its tombstone row is a few bytes on a page the table has anyway).
+    """
+    probe = new_head("schema-probe")
+    await storage.save_state_async(probe)
+    await storage.delete_state_async(probe.execution_id)
+    return db_bytes(path)
+
+
 def tree_bytes(root: Path) -> int:
     """Sum of the sizes of the files under `root`."""
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
@@ -658,7 +670,7 @@ async def bench_decompose(settings: Settings, report: Report) -> None:
         size_agent = make_agent(settings.e_tool_calls, durable=True)
         path = Path(tmp) / "size.db"
         size_store = sqlite_storage(Path(tmp), "size.db", "FULL")
-        empty = db_bytes(path)
+        empty = await empty_db_bytes(size_store, path)
         await DurableExecution(size_store, auto_cleanup=False).run_agent_async(
             size_agent, "look everything up", usage_limits=limits
         )
@@ -712,17 +724,20 @@ async def bench_decompose(settings: Settings, report: Report) -> None:
             f"({len(raw_rows.writes)} raw txns per run)",
         )
     )
-    size_ratio = file_size / content
+    # The fixed cost of a database (its tables' and indexes' first pages) does not grow with runs:
+    # the goal is about what each record costs on disk, so the ratio is taken net of it.
+    size_ratio = (file_size - empty) / content
     report.rows.append(
         Row(
             "e6",
-            f"SQLite file / bytes of its records, {settings.e_tool_calls} tool calls",
+            f"SQLite file growth / bytes of its records, {settings.e_tool_calls} tool calls",
             f"{size_ratio:.2f}x",
             "<= 1.3x",
             verdict(size_ratio <= 1.3),
             "",
-            f"{file_size / 1e3:.0f} KB file (empty db {empty / 1e3:.0f} KB) for {content / 1e3:.0f} KB "
-            f"in {row_count} records ({(file_size - empty) / content:.2f}x net of the empty db)",
+            f"{file_size / 1e3:.0f} KB file - {empty / 1e3:.0f} KB empty database = "
+            f"{(file_size - empty) / 1e3:.0f} KB for {content / 1e3:.0f} KB in {row_count} records "
+            f"({file_size / content:.2f}x gross)",
         )
     )
     for key, mode in (("b0", "memory"), ("b1", "NORMAL"), ("b2", "FULL")):
@@ -885,7 +900,7 @@ async def bench_size(settings: Settings, report: Report) -> None:
     with tempfile.TemporaryDirectory(prefix="perdure-bench-") as tmp:
         path = Path(tmp) / "size.db"
         storage = sqlite_storage(Path(tmp), "size.db", "NORMAL")
-        empty = db_bytes(path)
+        empty = await empty_db_bytes(storage, path)
         sizes = await _grow(storage, steps, lambda: db_bytes(path), "d-sqlite")
         await storage.close_async()
     report.rows.append(_size_row("d1", "SQLite", steps, empty, sizes, goal=True))

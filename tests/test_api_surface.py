@@ -49,6 +49,56 @@ PUBLIC = {
 """The public surface, pinned: a change here is always deliberate (like pydantic-ai's export table)."""
 
 
+PUBLIC_MODULES = [
+    "perdure.agent.agent",
+    "perdure.agent.output",
+    "perdure.agent.task",
+    "perdure.agent.tools",
+    "perdure.codec",
+    "perdure.db",
+    "perdure.durable.capability",
+    "perdure.durable.circuit",
+    "perdure.durable.decisions",
+    "perdure.durable.engine",
+    "perdure.durable.execution",
+    "perdure.durable.identity",
+    "perdure.durable.journal",
+    "perdure.durable.leases",
+    "perdure.durable.recovery",
+    "perdure.durable.retry",
+    "perdure.durable.step_context",
+    "perdure.durable.transient",
+    "perdure.durable.worker",
+    "perdure.errors",
+    "perdure.models.openai",
+    "perdure.models.resolve",
+    "perdure.models.scripted",
+    "perdure.records",
+    "perdure.registry",
+    "perdure.storage.base",
+    "perdure.storage.file",
+    "perdure.storage.memory",
+    "perdure.storage.postgres",
+    "perdure.storage.redis",
+    "perdure.storage.sqlite",
+    "perdure.storage.url",
+]
+"""Modules without a leading `_`, pinned: a new module is internal (`_name`) unless made public on purpose."""
+
+
+def test_module_names_are_pinned() -> None:
+    root = Path(perdure.__file__).parent
+    found = sorted(
+        ".".join(("perdure", *path.relative_to(root).with_suffix("").parts))
+        for path in root.rglob("*.py")
+        if not any(part.startswith("_") for part in path.relative_to(root).parts)
+    )
+    assert found == sorted(PUBLIC_MODULES)
+    for package in ("perdure", "perdure.durable", "perdure.storage", "perdure.agent", "perdure.testing"):
+        exported = importlib.import_module(package).__all__
+        assert not [name for name in exported if name.startswith("_")], package
+
+
 @pytest.mark.parametrize("module", sorted(PUBLIC))
 def test_public_names_are_pinned(module: str) -> None:
     imported = importlib.import_module(module)

@@ -10,18 +10,22 @@ leaves its loop behind, freed only by the cycle collector; so when a thread crea
 loops of threads that ended are closed (those still owning tasks, e.g. a connection pool's
 workers, are left to their owners), which keeps a thread-per-execution process within its
 descriptor limit.
+
+`sync_twin` derives such a twin from its `*_async` original (signature, overloads and all), so a
+signature is written once and the two never drift apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-__all__ = ["run_sync"]
+__all__ = ["run_sync", "sync_twin"]
 
 T = TypeVar("T")
 
@@ -76,3 +80,42 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perdure-sync")
     return _pool.submit(_run_here, coro).result()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+SelfT = TypeVar("SelfT")
+
+
+def sync_twin(
+    method: Callable[Concatenate[SelfT, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[SelfT, P], R]:
+    """The blocking twin of the async `method` (named `<name>_async`), for a class body.
+
+    Use it as `do = sync_twin(do_async)`. The twin looks the async method up on the instance at
+    each call, as a hand-written `self.do_async(...)` would, so a subclass overriding the async
+    method changes its twin too. Its docstring is "Sync twin of `<name>_async`."; to say more, set
+    `do.__doc__` in the class body. (`sync_twin` deliberately takes no second argument: with one,
+    mypy no longer carries an overloaded method's overloads over to the twin.)
+
+    Args:
+        method: The async method; its name must end in `_async`.
+
+    Returns:
+        A function with `method`'s parameters that returns what `method`'s coroutine returns.
+
+    """
+    async_name = method.__name__
+    name = async_name.removesuffix("_async")
+    if name == async_name:
+        raise ValueError(f"sync_twin needs a method named '<name>_async', got {async_name!r}.")
+
+    @functools.wraps(method)  # keeps the async signature for `help()` and `inspect.signature`
+    def twin(self: SelfT, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        coro: Coroutine[Any, Any, R] = getattr(self, async_name)(*args, **kwargs)
+        return run_sync(coro)
+
+    twin.__name__ = name
+    twin.__qualname__ = method.__qualname__.removesuffix("_async")
+    twin.__doc__ = f"Sync twin of `{async_name}`."
+    return twin

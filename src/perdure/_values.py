@@ -376,26 +376,52 @@ def _drop_defaults(value: Any, data: Any) -> None:
     with a factory or a `Field(...)` default, strings (discriminators such as `part_kind`) and the
     contents of dicts are kept as they are.
     """
-    if isinstance(data, dict) and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            name = f.name
+    kind = type(value)
+    if type(data) is dict:
+        fields = _DEFAULTS.get(kind)
+        if fields is None:
+            fields = _defaults_of(kind)
+        for name, default in fields:
             if name not in data:
                 continue
             item = getattr(value, name, None)
-            default = f.default
+            dumped = data[name]
             if (
-                type(default) in _SCALAR_DEFAULTS
+                default is not _NESTED
                 and type(item) is type(default)
                 and item == default
-                and data[name] == default
-                and type(data[name]) is type(default)
+                and type(dumped) is type(default)
+                and dumped == default
             ):
                 del data[name]
-            else:
-                _drop_defaults(item, data[name])
-    elif isinstance(data, list) and isinstance(value, list | tuple) and len(value) == len(data):
+            elif type(dumped) is dict or type(dumped) is list:
+                _drop_defaults(item, dumped)
+    elif type(data) is list and (kind is list or kind is tuple) and len(value) == len(data):
         for item, dumped in zip(value, data, strict=True):
             _drop_defaults(item, dumped)
+
+
+_NESTED: Any = object()
+"""Marks a field without a plain scalar default: never dropped, only searched for nested fields."""
+_DEFAULTS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _defaults_of(kind: type) -> tuple[tuple[str, Any], ...]:
+    """Each field of dataclass `kind` with its plain `None`/number/bool default (or `_NESTED`), cached.
+
+    Other types (dicts of arguments, details) have no fields to drop: an empty tuple, cached too.
+    """
+    fields = (
+        tuple(
+            (f.name, f.default if type(f.default) in _SCALAR_DEFAULTS else _NESTED)
+            for f in dataclasses.fields(kind)
+        )
+        if dataclasses.is_dataclass(kind)
+        else ()
+    )
+    if len(_DEFAULTS) < 4096:
+        _DEFAULTS[kind] = fields
+    return fields
 
 
 JOURNAL_CODEC = JournalCodec()

@@ -220,19 +220,33 @@ def _loads(raw: bytes) -> Any:
 # ---- encoding ------------------------------------------------------------------------------------
 
 
+_CLEAN: tuple[Any, Any] = (None, None)
+"""The task context and metadata objects last found clean (kept alive, so identity is meaningful)."""
+
+
+def _to_json(model: BaseModel) -> bytes:
+    """`model.model_dump_json().encode()` without the round trip through `str` (the step hot path)."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
 def encode_head(record: ExecutionRecord) -> bytes:
     """JSON bytes of a head record, with its checksum.
 
     Raises `SerializationError` when the head holds a value JSON cannot store exactly (in its
     output, task context, metadata, ...), naming the execution and the field.
     """
-    for where, data in (("task context", record.task.context), ("metadata", record.metadata)):
-        if data:
-            problem = scan(data, sets=False)
-            if problem is not None:
-                raise refusal(record.execution_id, where, problem)
+    global _CLEAN
+    context, metadata = record.task.context, record.metadata
+    if (context or metadata) and not (_CLEAN[0] is context and _CLEAN[1] is metadata):
+        for where, data in (("task context", context), ("metadata", metadata)):
+            if data:
+                problem = scan(data, sets=False)
+                if problem is not None:
+                    raise refusal(record.execution_id, where, problem)
+        # Every head of an attempt shares these objects (`model_copy` is shallow): scan them once.
+        _CLEAN = (context, metadata)
     try:
-        raw = record.model_dump_json().encode()
+        raw = _to_json(record)
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         field, value = _failing_head_field(record)
         raise _serialization_error(record.execution_id, field, value, exc) from exc
@@ -247,7 +261,7 @@ def encode_step(step: StepRecord) -> bytes:
     Raises `SerializationError` when the result holds a value JSON cannot store exactly.
     """
     try:
-        raw = step.model_dump_json().encode()
+        raw = _to_json(step)
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise _serialization_error(step.execution_id, step.name, step.result, exc) from exc
     if b"NaN" in raw or b"Infinity" in raw:

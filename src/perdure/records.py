@@ -380,7 +380,7 @@ class StepRecord(_Record):
     """Human-readable step name: `model_request`, `tool:<name>`, or the operation name."""
     key: str
     """Replay key, stable across resumes, e.g. `model#<n>`, `tool:<m>/<tool_call_id>`, `started:<key>`;
-    the formats are built and parsed in `perdure.durable.keys`."""
+    the formats are built and parsed in `perdure.durable._keys`."""
     result: Any = None
     """The unit's result as JSON data."""
     started_at: datetime = Field(default_factory=utcnow)

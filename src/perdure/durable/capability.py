@@ -31,10 +31,10 @@ from pydantic_ai.tools import AgentDepsT
 from ..codec import JOURNAL_CODEC
 from ..errors import UserError
 from ..records import StepKind
+from ._keys import MODEL_REQUEST
 from .circuit import CircuitBreaker
 from .identity import instructions_hash
 from .journal import UnitIdentity, current_run, serialization_failure
-from .keys import MODEL_REQUEST
 from .retry import RetryPolicy
 
 __all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig"]

@@ -49,13 +49,13 @@ from ..records import (
 )
 from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
-from .approvals import approval_pending, continue_round, journal_approval_round
-from .attempt_end import explain_unregistered_model, record_end
+from ._approvals import approval_pending, continue_round, journal_approval_round
+from ._attempt_end import explain_unregistered_model, record_end
+from ._prechecks import check_decisions, check_durable, check_journal, check_resumable
 from .decisions import ApprovalDecision, ToolResolution
 from .identity import agent_identity, check_identity, normalize_allow_changes
 from .journal import JournalRun, pending_call
 from .leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id, heartbeat, owner_is_dead
-from .prechecks import check_decisions, check_durable, check_journal, check_resumable
 
 __all__ = [
     "DEFAULT_LEASE_TTL",

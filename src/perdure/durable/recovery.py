@@ -9,7 +9,7 @@ returned; a worker that loses the race skips the execution (`ExecutionLeasedErro
 
 This module resumes: one execution under its lease (`recover_execution_async`, with the agent the
 resolver routes it to) and a whole pass (`recover_interrupted_async`). Which executions are
-eligible, with `min_idle` and the `delay` back-off, is decided in `perdure.durable.recoverable`;
+eligible, with `min_idle` and the `delay` back-off, is decided in `perdure.durable._recoverable`;
 `RecoveryOptions` and `find_recoverable_async` are re-exported here. Choices worth knowing (see
 `recover_interrupted_async` for the parameters):
 
@@ -52,10 +52,10 @@ from ..errors import (
 )
 from ..records import ExecutionRecord, ExecutionStatus
 from ..storage.base import DurableExecutionStorage
+from ._recoverable import RecoveryOptions, find_recoverable_async, not_eligible
 from .engine import AgentFactory, ExecutionHandle, ResumeTarget
 from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
-from .recoverable import RecoveryOptions, find_recoverable_async, not_eligible
 
 __all__ = [
     "AgentResolver",

@@ -25,7 +25,7 @@ class StepContext:
     execution_id: str
     key: str
     """Replay key of the unit, stable across resumes (`tool:<m>/<tool_call_id>` for tool calls, see
-    `perdure.durable.keys`)."""
+    `perdure.durable._keys`)."""
     name: str
     """`tool:<name>`, `model_request`, ..."""
     attempt: int

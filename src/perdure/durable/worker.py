@@ -12,7 +12,7 @@ starts nothing more, leaves its journal intact and its head `success`, and relea
 way out, so another worker takes it over at once instead of waiting for the lease to expire. A unit
 running in a thread (a sync tool) cannot be interrupted: the attempt keeps its lease, waits for the
 thread, journals the unit's result and only then gives up, so no other worker can run that unit
-again meanwhile (see `perdure.durable.threads`). A second signal cancels the rest at once; it
+again meanwhile (see `perdure.durable._threads`). A second signal cancels the rest at once; it
 cannot shorten a thread.
 """
 

@@ -58,7 +58,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         """Refuse a write by anyone but the holder of an unexpired lease (call with the lock held)."""
         lease = self._leases.get(record.execution_id)
         if lease is not None and lease[0] != record.lease_owner and lease[1] > utcnow():
-            raise LeaseLostError(record.execution_id, record.lease_owner or "(no lease)", lease[0])
+            raise self._lease_lost(record, lease[0])
 
     def _with_lease(self, head: ExecutionRecord) -> ExecutionRecord:
         lease = self._leases.get(head.execution_id)

@@ -1,0 +1,171 @@
+"""`perdure worker`: parse the worker's options, run `perdure.durable.worker.Worker`, report a pass.
+
+The recovery itself lives in `perdure.durable.worker` and `perdure.durable.recovery`; this module
+only turns options into `RecoveryOptions`, checks the storage answers before starting, sets up
+escaped logging, and for `--once` prints the pass's summary and exits 1 if any execution failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from ..durable.identity import CHANGE_KINDS as _KINDS
+from ..durable.leases import default_worker_id
+from ..durable.recovery import RecoveryOptions, RecoveryReport
+from ..durable.worker import Worker
+from ..errors import StorageNotFoundError, UserError
+from ..records import ExecutionStatus
+from ..storage import DurableExecutionStorage
+from ._app import EXIT_FAILURE, StorageOption, _open, _quiet, _replaceable, _run, _usage, app
+from ._format import _SafeFormatter, safe_text
+from ._resolve import build_resolver
+
+__all__ = ["CHANGE_KINDS", "logger", "summarize_report", "worker"]
+
+logger = logging.getLogger("perdure.cli")
+
+CHANGE_KINDS = tuple(k for k in ("tools", "output", "instructions", "prompt") if k in _KINDS)
+"""What `--allow-changes` may name (the identity differences a resume may accept)."""
+
+
+def _allow_changes(values: Sequence[str] | None) -> frozenset[str]:
+    """The kinds `--allow-changes` names; an unknown one is a usage error, not silently ignored."""
+    kinds = {part.strip().lower() for value in values or () for part in value.split(",") if part.strip()}
+    unknown = sorted(kinds - set(CHANGE_KINDS))
+    if unknown:
+        _usage(
+            f"--allow-changes: unknown value(s) {', '.join(map(repr, unknown))}; use any of "
+            f"{', '.join(CHANGE_KINDS)} (comma-separated or repeated)"
+        )
+    return frozenset(kinds)
+
+
+def summarize_report(report: RecoveryReport) -> str:
+    """One line for the end of `worker --once`: the counts, and which agents it did not serve.
+
+    Args:
+        report: The report of the recovery pass.
+
+    Returns:
+        The line, escaped (agent names come from the storage).
+
+    """
+    line = str(report)
+    names = sorted({name or "(unnamed)" for name in report.not_served.values()})
+    if names:
+        line += f" (agents: {', '.join(names)})"
+    return safe_text(line)
+
+
+async def _probe(store: DurableExecutionStorage, *, once: bool, poll_interval: float) -> None:
+    """Check that the storage answers a listing before the worker starts.
+
+    With `once` a failure ends the command (the pass could not list anything). A long-running worker
+    survives a transient outage: it logs the problem and keeps polling; only a configuration error
+    (retrying cannot help) stops it.
+    """
+    try:
+        with _quiet(once):
+            await store.list_executions_async(limit=1)
+    except UserError:
+        raise
+    except Exception as exc:
+        if once:
+            raise
+        if isinstance(exc, StorageNotFoundError):
+            logger.warning("%s The worker keeps polling until it exists.", exc)
+        else:
+            logger.error(
+                "storage unreachable at start-up: %s: %s. The worker keeps running and retries every %.1fs.",
+                type(exc).__name__,
+                exc,
+                poll_interval,
+            )
+
+
+@app.command()
+def worker(
+    storage: StorageOption,
+    app_refs: Annotated[
+        list[str],
+        typer.Option(
+            "--app",
+            envvar="PERDURE_APP",
+            metavar="MODULE:ATTR",
+            help="module:attr of a perdure Agent, a pydantic-ai Agent with PerdureDurability, a dict "
+            "{agent_name: agent}, a list/tuple of agents or a callable (head) -> agent. Repeat it to "
+            "serve several agents (matched by name).",
+        ),
+    ],
+    concurrency: Annotated[int, typer.Option(min=1, help="Executions resumed at the same time.")] = 1,
+    poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls.")] = 5.0,
+    lease_ttl: Annotated[float, typer.Option(min=0.1, help="Lease seconds (renewed by heartbeat).")] = 30.0,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Attempts before giving up (mark failed).")] = 5,
+    delay: Annotated[float, typer.Option(min=0, help="Back-off base seconds between resumes.")] = 0.0,
+    timeout: Annotated[float | None, typer.Option(help="Cancel a resume running longer (s).")] = None,
+    min_idle: Annotated[
+        float | None, typer.Option(help="Idle seconds required (default: lease TTL for unstarted runs).")
+    ] = None,
+    grace_period: Annotated[float, typer.Option(min=0, help="Seconds to finish on SIGTERM.")] = 10.0,
+    worker_id: Annotated[str | None, typer.Option(help="Lease owner prefix (default host:pid:rand).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Also resume executions with status failed.")] = False,
+    allow_changes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-changes",
+            metavar="KINDS",
+            help=f"Identity differences a resume accepts on purpose: {', '.join(CHANGE_KINDS)} "
+            "(comma-separated or repeated).",
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option(help="One recovery pass, then exit (1 if any failed or the storage is down).")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+) -> None:
+    """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _usage(f"--log-level: unknown level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
+    changes = _allow_changes(allow_changes)
+    resolver = build_resolver(app_refs)  # before connecting: a wrong --app never touches the storage
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    statuses = [ExecutionStatus.SUCCESS, *([ExecutionStatus.FAILED] if retry_failed else [])]
+
+    async def run() -> int:
+        store = _open(storage)
+        try:
+            options = RecoveryOptions(
+                max_attempts=max_attempts,
+                delay=delay,
+                timeout=timeout,
+                lease_ttl=lease_ttl,
+                worker_id=worker_id or default_worker_id(),
+                min_idle=min_idle,
+                statuses=tuple(statuses),
+                allow_changes=frozenset(changes),
+            )
+            runner = _replaceable("Worker", Worker)(
+                store,
+                resolver,
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+                grace_period=grace_period,
+                options=options,
+            )
+            await _probe(store, once=once, poll_interval=poll_interval)
+            report = await runner.run_async(once=once, handle_signals=True)
+        finally:
+            await store.close_async()
+        if once:
+            typer.echo(summarize_report(report), err=True)
+        return EXIT_FAILURE if once and report.failed else 0
+
+    raise typer.Exit(_run(run, quiet=False))
