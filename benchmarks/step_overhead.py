@@ -541,6 +541,43 @@ class RecordingStorage(InMemoryDurableStorage):
         self.writes.append((record, step))
 
 
+class RawInRunStorage(InMemoryDurableStorage):
+    """In-memory storage that also writes each record's bytes with a bare FULL transaction.
+
+    The raw baseline inside a real agent run: the same rows (the bytes the in-memory backend just
+    encoded), the same SQL and pragmas, interleaved with pydantic-ai's work as perdure's writes are.
+    A loop of back-to-back transactions runs with hot CPU caches and flatters the raw side.
+    """
+
+    def __init__(self, sql: BaselineSQL, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self._sql = sql
+        self._conn = conn
+
+    def _raw(self, record: ExecutionRecord, step: StepRecord | None) -> None:
+        execution_id = record.execution_id
+        head = self._heads[execution_id]
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        if step is not None:
+            entry = self._journals[execution_id][-1]
+            conn.execute(
+                self._sql.insert_step,
+                (execution_id, step.seq, step.kind.value, step.name, step.key, "json", entry),
+            )
+        row = (record.status.value, ts(record.created_at), ts(record.updated_at), record.schema_version)
+        conn.execute(self._sql.upsert_head, (execution_id, *row, "json", head))
+        conn.execute("COMMIT")
+
+    async def save_state_async(self, record: ExecutionRecord) -> None:
+        await super().save_state_async(record)
+        self._raw(record, None)
+
+    async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
+        await super().append_step_async(record, step)
+        self._raw(record, step)
+
+
 def _head_row(head: ExecutionRecord, execution_id: str) -> tuple[Any, ...]:
     payload = encode_head(head)
     return (
@@ -619,6 +656,7 @@ async def bench_decompose(settings: Settings, report: Report) -> None:
         assert isinstance(full_store, SQLiteDurableStorage)
         sql = BaselineSQL.of(full_store)
         conn = sql.connect(Path(tmp) / "raw.db")
+        stores["raw-in-run"] = RawInRunStorage(sql, sql.connect(Path(tmp) / "raw-in-run.db"))
 
         async def run_plain() -> None:
             result = await plain.run("look everything up", usage_limits=limits)
@@ -648,6 +686,7 @@ async def bench_decompose(settings: Settings, report: Report) -> None:
             "memory": run_durable("memory"),
             "NORMAL": run_durable("NORMAL"),
             "FULL": run_durable("FULL"),
+            "raw-in-run": run_durable("raw-in-run"),
             "raw": run_raw,
         }
         for runner in runners.values():  # warmup
@@ -710,18 +749,19 @@ async def bench_decompose(settings: Settings, report: Report) -> None:
             )
         )
     share = per_unit("FULL", "memory")
-    ratios = [s / r for s, r in zip(share, raw_unit, strict=True)]
+    raw_share = per_unit("raw-in-run", "memory")
+    ratios = [s / r for s, r in zip(share, raw_share, strict=True)]
     ratio = median(ratios)
     report.rows.append(
         Row(
             "e5",
-            "storage share FULL / raw FULL txn of the same rows",
+            "storage share FULL / raw FULL txn, both inside a run",
             f"{ratio:.2f}x",
             "<= 1.2x",
             verdict(ratio <= 1.2),
             spread(ratios),
-            f"{median(share):.3f} vs {median(raw_unit):.3f} ms per unit "
-            f"({len(raw_rows.writes)} raw txns per run)",
+            f"{median(share):.3f} vs {median(raw_share):.3f} ms per unit; the raw txns back to back, "
+            f"out of a run: {median(raw_unit):.3f} ms per unit ({len(raw_rows.writes)} txns per run)",
         )
     )
     # The fixed cost of a database (its tables' and indexes' first pages) does not grow with runs:
