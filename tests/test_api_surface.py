@@ -17,7 +17,12 @@ PUBLIC = {
     "perdure": [
         "Agent", "AgentRunOutput", "CircuitBreaker", "Database", "DurableExecution", "PerdureDurability",
         "PerdureError", "RetryPolicy", "SqliteDatabase", "StepContext", "Task", "ToolResolution",
-        "current_step", "idempotency_key", "register", "tool",
+        "current_step", "idempotency_key", "now", "random", "register", "save_state", "sleep", "sleep_until",
+        "state", "step", "tool", "workflow",
+    ],
+    "perdure.workflows": [
+        "Step", "Workflow", "now", "random", "save_state", "sleep", "sleep_until", "state", "step",
+        "workflow",
     ],
     "perdure.durable": [
         "AgentFactory", "AttemptResult", "CircuitBreaker", "DurableExecution", "DurableExecutionStorage",
@@ -94,7 +99,14 @@ def test_module_names_are_pinned() -> None:
         if not any(part.startswith("_") for part in path.relative_to(root).parts)
     )
     assert found == sorted(PUBLIC_MODULES)
-    for package in ("perdure", "perdure.durable", "perdure.storage", "perdure.agent", "perdure.testing"):
+    for package in (
+        "perdure",
+        "perdure.durable",
+        "perdure.storage",
+        "perdure.agent",
+        "perdure.testing",
+        "perdure.workflows",
+    ):
         exported = importlib.import_module(package).__all__
         assert not [name for name in exported if name.startswith("_")], package
 

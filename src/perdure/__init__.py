@@ -20,6 +20,7 @@ from .durable import (
     idempotency_key,
 )
 from .errors import PerdureError
+from .workflows import now, random, save_state, sleep, sleep_until, state, step, workflow
 
 __all__ = [
     "Agent",
@@ -36,8 +37,16 @@ __all__ = [
     "ToolResolution",
     "current_step",
     "idempotency_key",
+    "now",
+    "random",
     "register",
+    "save_state",
+    "sleep",
+    "sleep_until",
+    "state",
+    "step",
     "tool",
+    "workflow",
 ]
 
 __version__ = "0.1.0"

@@ -100,6 +100,14 @@ POINTS: Mapping[str, str] = MappingProxyType(
             "Engine (`JournalRun.run_unit`): the tool body returned; its result is not journaled yet (the "
             "at-least-once window). Target: the tool name."
         ),
+        "after_step": (
+            "Engine (`JournalRun.run_unit`): a workflow's step body returned; its result is not journaled "
+            "yet (a crash here runs the step again on resume). Target: the step name."
+        ),
+        "before_sleep_wait": (
+            "Workflows (`sleep`): the wake-up time is journaled and the head carries `wake_at`; the "
+            "process is about to wait (a crash here is a crash during the sleep)."
+        ),
         "after_tool_side_effect": (
             "Called by tools themselves (test apps), right after their external effect, before they "
             "return. Target: the tool name the tool passes."
@@ -195,7 +203,7 @@ def _hit(name: str, target: str | None, tear: tuple[int, bytes] | None) -> None:
     if name not in POINTS:  # only checked once something is armed: a typo in a call site
         raise FaultSpecError(f"fault point {name!r} is not registered in perdure._faults.POINTS")
     if target is not None:
-        target = str(target).removeprefix("tool:")
+        target = str(target).removeprefix("tool:").removeprefix("step:")
     due: Fault | None = None
     with _lock:
         for fault in _armed:
@@ -264,7 +272,7 @@ def _make(
         raise FaultSpecError(f"{spec!r}: unknown fault point {name!r}; known points: {', '.join(POINTS)}")
     targets = None
     if target is not None:
-        targets = frozenset(t.strip().removeprefix("tool:") for t in target.split("|"))
+        targets = frozenset(t.strip().removeprefix("tool:").removeprefix("step:") for t in target.split("|"))
         if "" in targets:
             raise FaultSpecError(f"{spec!r}: empty target after '@'")
     if nth < 1:

@@ -79,6 +79,10 @@ class StepKind(StrEnum):
     """A failed attempt of a unit under a retry policy; its key is `attempt:<unit key>#<n>`."""
     DECISION = "decision"
     """An operator's decision (approval, denial, manual result) journaled before the run resumes."""
+    STEP = "step"
+    """A workflow's own unit: a `@step` result, a `sleep` wake-up time, `now()`, `random()`, a saved state."""
+    AGENT = "agent"
+    """Marks the position of an agent run inside a workflow; the run's units follow under its scope."""
 
 
 class _Record(BaseModel):
@@ -179,6 +183,10 @@ class TaskSnapshot(_Record):
     instructions: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     """Free-form JSON data the caller attached to the task."""
+    workflow: str | None = None
+    """The registered name of the workflow this execution runs (None for an agent run)."""
+    workflow_args: dict[str, Any] | None = None
+    """The workflow's arguments as JSON (`{"arguments": {name: value}}`), for the calls of its resumes."""
 
 
 class IdentityChange(_Record):
@@ -259,6 +267,8 @@ class ExecutionRecord(_Record):
     schema_version: int = SCHEMA_VERSION
     metadata: dict[str, Any] = Field(default_factory=dict)
     identity: ExecutionIdentity | None = None
+    wake_at: datetime | None = None
+    """While a workflow sleeps: when it wakes. Recovery leaves it alone until then."""
     """What the execution ran (tools, output type, instructions, prompt), checked on every resume."""
 
     # ---- transitions: each returns the next head, this one is left unchanged ----------------------

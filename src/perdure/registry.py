@@ -35,11 +35,12 @@ def object_ref(obj: Any) -> str | None:
 
 @dataclass
 class Registry:
-    """Tools and output types by reference and by name, registered by the running program."""
+    """Tools, output types and workflows, registered by the running program."""
 
     _tools_by_ref: dict[str, Any] = field(default_factory=dict)
     _tools_by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
     _types_by_ref: dict[str, Any] = field(default_factory=dict)
+    _workflows: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_tool(self, tool: Any, name: str, ref: str | None) -> None:
@@ -70,6 +71,21 @@ class Registry:
         """The registered output type recorded as `ref`, or None."""
         with self._lock:
             return self._types_by_ref.get(ref)
+
+    def add_workflow(self, name: str, workflow: Any) -> None:
+        """Register a workflow under its name (a later registration of the same name replaces it)."""
+        with self._lock:
+            self._workflows[name] = workflow
+
+    def workflow(self, name: str) -> Any | None:
+        """The workflow registered as `name`, or None."""
+        with self._lock:
+            return self._workflows.get(name)
+
+    def workflow_names(self) -> list[str]:
+        """Names of the registered workflows, sorted."""
+        with self._lock:
+            return sorted(self._workflows)
 
 
 registry = Registry()

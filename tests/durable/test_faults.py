@@ -25,6 +25,7 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+import perdure
 from perdure import _faults
 from perdure.durable import DurableExecution, PerdureDurability
 from perdure.records import ExecutionStatus, StepKind
@@ -339,11 +340,26 @@ async def test_every_registered_point_is_reached_by_a_real_run(tmp_path: Path) -
             result = await durable.run_agent_async(agent, "go")
             assert result.output == "done"
             assert await storage.delete_state_async("probe-1")
+            flow = DurableExecution(storage, execution_id="probe-2", auto_cleanup=False)
+            assert await flow.run_workflow_async(_probe_workflow) == "slept"
         finally:
             await storage.close_async()
     unreached = sorted(name for name, probe in probes.items() if probe.hits == 0)
     assert unreached == [], f"fault points no run reached: {unreached}"
     assert not any(probe.fired for probe in probes.values())
+
+
+@perdure.step
+async def _probe_step() -> str:
+    return "stepped"
+
+
+@perdure.workflow(name="fault-probe-workflow")
+async def _probe_workflow() -> str:
+    """A step (`after_step`) and a sleep that waits (`before_sleep_wait`)."""
+    await _probe_step()
+    await perdure.sleep(0.05)
+    return "slept"
 
 
 # ---- what the points mean in a run ---------------------------------------------------------------

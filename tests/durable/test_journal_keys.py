@@ -43,6 +43,8 @@ from perdure.durable._keys import (
     started_key,
     started_units,
     unit_key,
+    workflow_key,
+    workflow_scope,
 )
 from perdure.durable._prechecks import interrupted_calls as _interrupted_calls
 from perdure.errors import NonIdempotentReplayError, UserError
@@ -57,6 +59,14 @@ def test_unit_keys() -> None:
     assert unit_key("model", 12) == "model#12"
     assert unit_key("event_stream_handler", 2) == "event_stream_handler#2"
     assert unit_key("model", 1, round=2) == "r2/model#1"
+
+
+def test_workflow_keys() -> None:
+    assert workflow_key(1) == "w1"
+    assert workflow_key(12) == "w12"
+    assert workflow_scope(3) == "w3/"
+    assert workflow_scope(3) + unit_key("model", 1) == "w3/model#1"
+    assert workflow_scope(3) + call_key("tool", 1, "c0") == "w3/tool:1/c0"
 
 
 def test_call_keys() -> None:

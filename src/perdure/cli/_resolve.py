@@ -20,13 +20,14 @@ from pydantic_ai import Agent as PydanticAgent
 from ..agent import Agent as PerdureAgent
 from ..durable import PerdureDurability
 from ..durable.recovery import AgentResolver
+from ..workflows import Workflow
 from ._app import _settings, _usage
 
 __all__ = ["ACCEPTED_APPS", "build_resolver", "load_app"]
 
 ACCEPTED_APPS = (
-    "a perdure Agent, a pydantic-ai Agent with PerdureDurability, a dict {agent_name: agent}, "
-    "a list/tuple of agents, or a callable (head) -> agent"
+    "a perdure Agent, a pydantic-ai Agent with PerdureDurability, a @workflow, a dict "
+    "{agent_name: agent}, a list/tuple of agents, or a callable (head) -> agent"
 )
 
 
@@ -68,7 +69,7 @@ def _is_agent(obj: Any, reference: str) -> bool:
                 f"capabilities=[PerdureDurability()] (from perdure.durable), or use perdure.Agent"
             )
         return True
-    if isinstance(obj, PerdureAgent):
+    if isinstance(obj, PerdureAgent | Workflow):
         return True
     # Duck-typed like the recovery code: anything with the facade's resume method.
     return not isinstance(obj, type) and callable(getattr(obj, "continue_durable_async", None))

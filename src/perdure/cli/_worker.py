@@ -29,7 +29,7 @@ __all__ = ["CHANGE_KINDS", "logger", "summarize_report", "worker"]
 
 logger = logging.getLogger("perdure.cli")
 
-CHANGE_KINDS = tuple(k for k in ("tools", "output", "instructions", "prompt") if k in _KINDS)
+CHANGE_KINDS = tuple(k for k in ("tools", "output", "instructions", "prompt", "workflow") if k in _KINDS)
 """What `--allow-changes` may name (the identity differences a resume may accept)."""
 
 

@@ -15,6 +15,10 @@ is replayed by later ones, so these formats are a compatibility contract (pinned
   deterministic because tool calls run sequentially inside an execution;
 - in approval round N > 0 (each round is a new pydantic-ai run whose ordinals start again) unit
   keys are prefixed: `r<N>/<key>`;
+- a workflow's own units are keyed by position: `w<n>` for its n-th step, agent run, sleep,
+  `now()`, `random()` or state (the entry's name says which, and a replay that asks for another name
+  at that position is refused); the units of the agent run at position n are keyed `w<n>/<key>`
+  (`w2/model#1`, `w2/tool:1/<tool_call_id>`), so two agents' units never collide;
 - bookkeeping entries name the unit they are about: `started:<key>` (then `started:<key>#2`, ...)
   before each try of a non-idempotent tool call, `attempt:<key>#<n>` for the n-th failed try under a
   retry policy, `decision:<key>#<d>` for an operator's resolution (`d`: the execution's d-th
@@ -51,6 +55,8 @@ __all__ = [
     "started_key",
     "started_units",
     "unit_key",
+    "workflow_key",
+    "workflow_scope",
 ]
 
 MODEL_REQUEST = "model"
@@ -85,6 +91,16 @@ def call_key(kind: str, response: int, tool_call_id: str, *, round: int = 0, rep
     """`<kind>:<response>/<tool_call_id>`, `#<repeat>` after the first in one response, e.g. `tool:2/c1`."""
     key = f"{round_prefix(round)}{kind}:{response}/{tool_call_id}"
     return f"{key}#{repeat}" if repeat > 1 else key
+
+
+def workflow_key(position: int) -> str:
+    """`w<position>`: the key of a workflow's `position`-th own unit (1-based)."""
+    return f"w{position}"
+
+
+def workflow_scope(position: int) -> str:
+    """`w<position>/`: the prefix of the keys of the agent run at that position of a workflow."""
+    return f"{workflow_key(position)}/"
 
 
 def legacy_call_key(kind: str, tool_call_id: str) -> str:

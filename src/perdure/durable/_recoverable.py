@@ -89,6 +89,8 @@ def not_eligible(head: ExecutionRecord, options: RecoveryOptions) -> str | None:
     expires = head.lease_expires_at
     if head.lease_owner and expires is not None and expires > now and not owner_is_dead(head.lease_owner):
         return f"leased by {head.lease_owner} until {expires.isoformat()}"
+    if head.wake_at is not None and head.wake_at > now:  # a sleeping workflow: due at its wake-up time
+        return f"sleeping until {head.wake_at.isoformat()}"
     idle_needed = options.idle_needed(head)
     idle = (now - head.updated_at).total_seconds()
     if idle < idle_needed:

@@ -31,7 +31,7 @@ from pydantic_ai.tools import AgentDepsT
 from ..codec import JOURNAL_CODEC
 from ..errors import UserError
 from ..records import StepKind
-from ._keys import MODEL_REQUEST
+from ._keys import MODEL_REQUEST, workflow_key, workflow_scope
 from .circuit import CircuitBreaker
 from .identity import instructions_hash
 from .journal import UnitIdentity, current_run, serialization_failure
@@ -198,6 +198,22 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             )
             await run.before_model_request(digest)
         return request_context
+
+    async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: Any) -> Any:
+        """Inside a workflow, give this agent run a position of its own and key its units under it.
+
+        The run's position (`w<n>`) is journaled with the agent's name, so a resume that reaches it
+        with another agent is refused; its units are keyed `w<n>/...`, so the units of two agents
+        (both asking for `model#1`, both calling a tool `call-0`) never collide.
+        """
+        run = current_run()
+        if run is None or run.workflow is None:
+            return await super().wrap_run(ctx, handler=handler)
+        position = run.next_position()
+        name = f"agent:{self.name}"
+        await run.mark_position(workflow_key(position), StepKind.AGENT, name, {"agent": self.name})
+        with run.scoped(workflow_scope(position)):
+            return await super().wrap_run(ctx, handler=handler)
 
     @property
     def in_durable_context(self) -> bool:

@@ -7,12 +7,12 @@ questions of the seed API: `get_execution_info`, `list_all_executions`, deletion
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from .._sync import run_sync
+from .._sync import run_sync, sync_twin
 from ..errors import UserError
-from ..records import ExecutionStatus
+from ..records import ExecutionStatus, StepRecord
 from ..storage.base import DurableExecutionStorage
 from .engine import AttemptResult, ExecutionHandle
 from .recovery import recover_interrupted_async
@@ -20,6 +20,7 @@ from .recovery import recover_interrupted_async
 __all__ = ["AttemptResult", "DurableExecution"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 class _HybridMethod(Generic[_F]):
@@ -84,6 +85,71 @@ class DurableExecution(ExecutionHandle):
     def delete(self, *, force: bool = False) -> bool:
         """Delete this execution's records (a running one only with `force`; see `delete_state_async`)."""
         return self.storage.delete_state(self.execution_id, force=force)
+
+    # ---- workflows --------------------------------------------------------------------------------
+    # `perdure.workflow` builds on this package; it is imported when a workflow runs (no import cycle).
+
+    async def run_workflow_async(self, workflow: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Run `workflow(*args, **kwargs)` as this execution (resuming it if it exists); its output.
+
+        Every argument goes to the workflow; use `start_workflow_async` to pass `metadata=` or
+        `on_unit=` too.
+        """
+        return await self.start_workflow_async(workflow, args, kwargs)
+
+    async def start_workflow_async(
+        self,
+        workflow: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        on_unit: Callable[[StepRecord, bool], None] | None = None,
+    ) -> R:
+        """`run_workflow_async` with the arguments as a tuple and dict, and the execution's options."""
+        from ..workflows._engine import start_workflow
+
+        result: R = await start_workflow(
+            self,
+            workflow,
+            tuple(args),
+            dict(kwargs or {}),
+            metadata=metadata,
+            on_unit=on_unit,
+        )
+        return result
+
+    async def resume_workflow_async(
+        self,
+        workflow: Callable[..., Awaitable[Any]] | None = None,
+        *,
+        allow_changes: Iterable[str] | None = None,
+        on_unit: Callable[[StepRecord, bool], None] | None = None,
+    ) -> Any:
+        """Resume this workflow execution from its journal (in any process) and return its output.
+
+        Args:
+            workflow: The workflow to run; default: the one this program registered under the
+                execution's recorded name (importing the module that defines it registers it).
+            allow_changes: `{"workflow"}` accepts a workflow registered under another name.
+            on_unit: Observer called after every unit with `(step, replayed)`.
+
+        """
+        from ..workflows._engine import execute_workflow
+
+        return await execute_workflow(
+            self,
+            workflow,
+            allow_changes=allow_changes,
+            on_unit=on_unit,
+        )
+
+    def run_workflow(self, workflow: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Sync twin of `run_workflow_async`."""
+        return run_sync(self.start_workflow_async(workflow, args, kwargs))
+
+    start_workflow = sync_twin(start_workflow_async)
+    resume_workflow = sync_twin(resume_workflow_async)
 
     # ---- recovery ---------------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger("perdure")
 
-CHANGE_KINDS = frozenset({"tools", "output", "instructions", "prompt"})
+CHANGE_KINDS = frozenset({"tools", "output", "instructions", "prompt", "workflow"})
 """What `allow_changes` may name."""
 
 

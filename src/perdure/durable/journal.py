@@ -26,7 +26,8 @@ import asyncio
 import logging
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ __all__ = [  # ExecutionAborted and the step context are re-exported from their 
     "current_run",
     "current_step",
     "idempotency_key",
+    "in_unit_scope",
     "pending_call",
     "response_tokens",
     "serialization_failure",
@@ -104,6 +106,8 @@ class UnitIdentity:
     tool_call_id: str | None = None
     args: Any = None
     """Tool arguments (tool calls), shown to operators when a call needs a decision."""
+    key: str | None = None
+    """A fixed journal key (a workflow's positional units, `w<n>`) instead of an ordinal one."""
 
 
 @dataclass
@@ -154,6 +158,9 @@ class JournalRun:
         )
         self._decisions = sum(1 for step in journal if step.kind is StepKind.DECISION)
         self._live: _LiveUnit | None = None
+        self._position = 0
+        self.workflow: str | None = None
+        """The workflow this attempt runs (None: an agent run)."""
         self.on_unit: Callable[[StepRecord, bool], None] | None = None
         """Observer called after each unit with (step, replayed); used by tests and the demo."""
 
@@ -182,10 +189,39 @@ class JournalRun:
         _CURRENT.reset(token)
 
     def _key(self, unit: UnitIdentity) -> str:
+        if unit.key is not None:
+            return unit.key
+        scope = _SCOPE.get()
+        prefix, keys = scope if scope is not None else ("", self._keys)
         if unit.tool_call_id:
             kind = TOOL if unit.kind is StepKind.TOOL_CALL else unit.key_base
-            return self._keys.call(kind, unit.tool_call_id, round=self.round)
-        return self._keys.unit(unit.key_base, round=self.round)
+            return prefix + keys.call(kind, unit.tool_call_id, round=self.round)
+        return prefix + keys.unit(unit.key_base, round=self.round)
+
+    # ---- workflows: positional units and scopes of nested agent runs ------------------------------
+
+    def next_position(self) -> int:
+        """The position (1-based) of the workflow's next own unit."""
+        self._position += 1
+        return self._position
+
+    async def mark_position(self, key: str, kind: StepKind, name: str, result: Any) -> None:
+        """Journal a marker at a workflow position, or check the one journaled there names `name`."""
+        recorded = self._journal.get(key)
+        if recorded is not None:
+            if recorded.name != name:
+                raise JournalMismatchError(self.execution_id, str(recorded.seq), name, recorded.name)
+            return
+        await self._append_bookkeeping(kind, key, name, result)
+
+    @contextmanager
+    def scoped(self, prefix: str) -> Iterator[None]:
+        """Key the units run inside with `prefix` and ordinals of their own (a nested agent run)."""
+        token = _SCOPE.set((prefix, UnitKeys(self._journal)))
+        try:
+            yield
+        finally:
+            _SCOPE.reset(token)
 
     # ---- attempt start and identity ---------------------------------------------------------------
 
@@ -195,8 +231,8 @@ class JournalRun:
         Runs before the request is replayed or sent. A changed instructions hash raises
         `JournalMismatchError` (unless allowed) before anything of this attempt was written.
         """
-        if self._instructions_checked:
-            return
+        if self._instructions_checked or _SCOPE.get() is not None:
+            return  # an agent run inside a workflow: the workflow's position checks cover it
         self._instructions_checked = True
         identity = self.head.identity or ExecutionIdentity()
         updated = check_instructions(
@@ -304,9 +340,9 @@ class JournalRun:
         if unit.kind is StepKind.TOOL_CALL:
             _faults.point("before_tool_call", unit.name)
         step_token = STEP.set(step_context())
-        # Only a tool call can hold a side effect in a thread; other units skip the task that costs
-        # ~35 us per unit (a model request cancelled mid-thread is paid again, nothing more).
-        run_body = self._run_body if unit.kind is StepKind.TOOL_CALL else self._run_direct
+        # Only a tool call or a workflow step can hold a side effect in a thread; other units skip
+        # the task that costs ~35 us per unit (a model request cancelled mid-thread is paid again).
+        run_body = self._run_body if unit.kind in _THREADED else self._run_direct
 
         async def attempt_body() -> Any:
             STEP.set(step_context())
@@ -336,6 +372,8 @@ class JournalRun:
             _faults.point("inside_model_request")
         elif unit.kind is StepKind.TOOL_CALL:
             _faults.point("after_tool_call", unit.name)
+        elif unit.kind is StepKind.STEP:
+            _faults.point("after_step", unit.name)
         self._live = None
         seq = self.head.next_seq  # bookkeeping entries (attempts) may have taken positions meanwhile
         record_durable_unit(executed=True)
@@ -572,7 +610,11 @@ class JournalRun:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
 
 
-_RESULT_KINDS = frozenset({StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER})
+_RESULT_KINDS = frozenset({StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP})
+_THREADED = frozenset({StepKind.TOOL_CALL, StepKind.STEP})
+"""Units whose body may run user code in a thread (see `_run_body`)."""
+_SCOPE: ContextVar[tuple[str, UnitKeys] | None] = ContextVar("perdure_unit_scope", default=None)
+"""Key prefix and ordinals of the agent run inside a workflow that is running in this context."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -582,6 +624,11 @@ def _jsonable(value: Any) -> Any:
         return to_jsonable_python(value)
     except Exception:  # arguments are informational here; never fail the run over them
         return repr(value)
+
+
+def in_unit_scope() -> bool:
+    """Whether an agent run inside a workflow is running in this context (its units are scoped)."""
+    return _SCOPE.get() is not None
 
 
 def pending_call(exc: NonIdempotentReplayError) -> PendingCall:

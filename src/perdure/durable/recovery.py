@@ -141,7 +141,7 @@ class _NotServed(Exception):
 async def _resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
     """The agent to resume `head` with; raises `_NotServed` when this resolver does not serve it."""
     name = recorded_agent_name(head)
-    if isinstance(resolver, PydanticAgent) or _is_facade(resolver):
+    if isinstance(resolver, PydanticAgent) or _is_facade(resolver) or _is_workflow(resolver):
         resolver = [resolver]
     if isinstance(resolver, list | tuple):
         for agent in resolver:
@@ -169,6 +169,11 @@ async def _resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
 def _is_facade(obj: Any) -> bool:
     """A perdure `Agent` (duck-typed: perdure.agent sits above perdure.durable and is not imported)."""
     return not isinstance(obj, PydanticAgent) and callable(getattr(obj, "resume_factory", None))
+
+
+def _is_workflow(obj: Any) -> bool:
+    """A perdure workflow (duck-typed: perdure.workflows sits above perdure.durable)."""
+    return callable(getattr(obj, "dump_args", None)) and callable(getattr(obj, "fn", None))
 
 
 def _factory(agent: Any, execution_id: str) -> AgentFactory:
@@ -201,6 +206,12 @@ async def _resume(
         auto_cleanup=False,
         debug=bool(getattr(agent, "debug", False)),
     )
+    if head.task.workflow is not None:
+        from ..workflows._engine import execute_workflow  # the layer above; imported when needed
+
+        workflow = agent if _is_workflow(agent) else None  # None: the registered one of that name
+        await execute_workflow(handle, workflow, allow_changes=options.allow_changes, leased_head=head)
+        return False
     attempt = await handle.execute_async(
         _factory(agent, execution_id), allow_changes=options.allow_changes, leased_head=head
     )
