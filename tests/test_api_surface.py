@@ -15,22 +15,22 @@ from perdure.durable import SQLiteDurableStorage
 
 PUBLIC = {
     "perdure": [
-        "Agent", "AgentRunOutput", "CircuitBreaker", "Database", "DurableExecution", "PerdureDurability",
-        "PerdureError", "RetryPolicy", "SqliteDatabase", "StepContext", "Task", "ToolResolution",
-        "current_step", "idempotency_key", "now", "random", "register", "save_state", "sleep", "sleep_until",
-        "state", "step", "tool", "workflow",
+        "Agent", "AgentRunOutput", "Checkpoint", "create_checkpoint", "CircuitBreaker", "Database",
+        "DurableExecution", "PerdureDurability", "PerdureError", "RetryPolicy", "SqliteDatabase",
+        "StepContext", "Task", "ToolResolution", "current_step", "idempotency_key", "now", "random",
+        "register", "save_state", "sleep", "sleep_until", "state", "step", "tool", "workflow",
     ],
     "perdure.workflows": [
-        "Step", "Workflow", "now", "random", "save_state", "sleep", "sleep_until", "state", "step",
+        "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep", "sleep_until", "state", "step",
         "workflow",
     ],
     "perdure.durable": [
-        "AgentFactory", "AttemptResult", "CircuitBreaker", "DurableExecution", "DurableExecutionStorage",
-        "DurableStorage", "ExecutionAborted", "FileDurableStorage", "InMemoryDurableStorage",
-        "PerdureDurability", "PostgresDurableStorage", "RedisDurableStorage", "ResumeTarget", "RetryPolicy",
-        "SQLiteDurableStorage", "StepContext", "TOOL_CONFIG_KEY", "ToolResolution", "circuit_breaker_for",
-        "circuit_stats", "current_step", "idempotency_key", "is_transient", "openai_chat_model",
-        "storage_from_url",
+        "AgentFactory", "AttemptResult", "CircuitBreaker", "DurableExecution",
+        "DurableExecutionStorage", "DurableStorage", "ExecutionAborted", "FileDurableStorage",
+        "InMemoryDurableStorage", "PerdureDurability", "PostgresDurableStorage", "RedisDurableStorage",
+        "ResumeTarget", "RetryPolicy", "SQLiteDurableStorage", "StepContext", "TOOL_CONFIG_KEY",
+        "ToolResolution", "circuit_breaker_for", "circuit_stats", "current_step", "idempotency_key",
+        "is_transient", "openai_chat_model", "storage_from_url",
     ],
     "perdure.storage": [
         "DurableExecutionStorage", "DurableStorage", "FileDurableStorage", "InMemoryDurableStorage",
@@ -38,17 +38,17 @@ PUBLIC = {
         "validate_identifier",
     ],
     "perdure.errors": [
-        "CircuitOpenError", "CorruptRecordError", "ExecutionAborted", "ExecutionCompletedError",
-        "ExecutionDeletedError", "ExecutionLeased", "ExecutionLeasedError", "ExecutionNotFoundError",
-        "IdentityError", "IncompatibleSchemaError", "InvalidExecutionIdError", "JournalMismatchError",
-        "LeaseLostError", "NonIdempotentReplayError", "PerdureError", "RecoveryGaveUpError",
-        "SerializationError", "StepConflictError", "StorageConfigurationError", "StorageLockedError",
-        "StorageNotFoundError", "StorageUnavailableError", "ToolNotFoundError", "UnregisteredReferenceError",
-        "UserError",
+        "CheckpointNotFoundError", "CircuitOpenError", "CorruptRecordError", "ExecutionAborted",
+        "ExecutionCompletedError", "ExecutionDeletedError", "ExecutionLeased", "ExecutionLeasedError",
+        "ExecutionNotFoundError", "IdentityError", "IncompatibleSchemaError", "InvalidExecutionIdError",
+        "InvalidResumeTokenError", "JournalMismatchError", "LeaseLostError", "NonIdempotentReplayError",
+        "PerdureError", "RecoveryGaveUpError", "SerializationError", "StepConflictError",
+        "StorageConfigurationError", "StorageLockedError", "StorageNotFoundError",
+        "StorageUnavailableError", "ToolNotFoundError", "UnregisteredReferenceError", "UserError",
     ],
     "perdure.testing": [
-        "ConformanceFailure", "ConformanceReport", "PROPERTIES", "PropertyResult", "RawWriter", "Reopen",
-        "StorageFactory", "check_storage", "check_storage_sync", "pytest_suite",
+        "ConformanceFailure", "ConformanceReport", "PROPERTIES", "PropertyResult", "RawWriter",
+        "Reopen", "StorageFactory", "check_storage", "check_storage_sync", "pytest_suite",
     ],
 }  # fmt: skip
 """The public surface, pinned: a change here is always deliberate (like pydantic-ai's export table)."""
@@ -62,6 +62,7 @@ PUBLIC_MODULES = [
     "perdure.codec",
     "perdure.db",
     "perdure.durable.capability",
+    "perdure.durable.checkpoints",
     "perdure.durable.circuit",
     "perdure.durable.decisions",
     "perdure.durable.engine",

@@ -19,12 +19,14 @@ from .durable import (
     current_step,
     idempotency_key,
 )
+from .durable.checkpoints import Checkpoint, create_checkpoint
 from .errors import PerdureError
 from .workflows import now, random, save_state, sleep, sleep_until, state, step, workflow
 
 __all__ = [
     "Agent",
     "AgentRunOutput",
+    "Checkpoint",
     "CircuitBreaker",
     "Database",
     "DurableExecution",
@@ -35,6 +37,7 @@ __all__ = [
     "StepContext",
     "Task",
     "ToolResolution",
+    "create_checkpoint",
     "current_step",
     "idempotency_key",
     "now",

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "CheckpointNotFoundError",
     "CircuitOpenError",
     "CorruptRecordError",
     "ExecutionCompletedError",
@@ -23,6 +24,7 @@ __all__ = [
     "IdentityError",
     "IncompatibleSchemaError",
     "InvalidExecutionIdError",
+    "InvalidResumeTokenError",
     "JournalMismatchError",
     "LeaseLostError",
     "NonIdempotentReplayError",
@@ -416,3 +418,28 @@ class IdentityError(PerdureError):
     Raised as a `ToolNotFoundError` or a `JournalMismatchError` that is also an `IdentityError`
     (see `perdure.durable.identity`).
     """
+
+
+class CheckpointNotFoundError(PerdureError, KeyError):
+    """No checkpoint with this id (or at this step) exists in the execution's journal."""
+
+    def __init__(self, execution_id: str, checkpoint: str, *, hint: str = "") -> None:
+        super().__init__(
+            f"Execution {execution_id!r} has no checkpoint {checkpoint!r}. "
+            f"{hint or 'List them with DurableExecution.list_checkpoints(execution_id, storage).'}",
+            execution_id=execution_id,
+        )
+        self.checkpoint = checkpoint
+
+
+class InvalidResumeTokenError(PerdureError):
+    """A resume token was tampered with, expired, signed with another key or is malformed; nothing ran."""
+
+    def __init__(self, reason: str, *, execution_id: str | None = None) -> None:
+        super().__init__(
+            f"Invalid resume token: {reason}. Nothing was resumed. Ask for a new token "
+            f"(DurableExecution.resume_token(...)) signed with the key this process uses "
+            f"(PERDURE_SECRET_KEY).",
+            execution_id=execution_id,
+        )
+        self.reason = reason

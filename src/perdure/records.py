@@ -83,6 +83,10 @@ class StepKind(StrEnum):
     """A workflow's own unit: a `@step` result, a `sleep` wake-up time, `now()`, `random()`, a saved state."""
     AGENT = "agent"
     """Marks the position of an agent run inside a workflow; the run's units follow under its scope."""
+    CHECKPOINT = "checkpoint"
+    """A manual checkpoint: a description and a state payload created inside a run."""
+    REWIND = "rewind"
+    """An operator rewound the execution: the entries after `to_step` before this one are superseded."""
 
 
 class _Record(BaseModel):
@@ -269,6 +273,12 @@ class ExecutionRecord(_Record):
     identity: ExecutionIdentity | None = None
     wake_at: datetime | None = None
     """While a workflow sleeps: when it wakes. Recovery leaves it alone until then."""
+    parent_id: str | None = None
+    """The execution this one was forked from (`DurableExecution.fork`)."""
+    forked_at: int | None = None
+    """The last journal step of the parent this fork's journal copies."""
+    deleted_checkpoints: list[str] = Field(default_factory=list)
+    """Ids of manual checkpoints an operator deleted (journal entries are never removed)."""
     """What the execution ran (tools, output type, instructions, prompt), checked on every resume."""
 
     # ---- transitions: each returns the next head, this one is left unchanged ----------------------

@@ -363,3 +363,60 @@ def test_sync_twins_and_arguments_round_trip(tmp_path: Any) -> None:
     }
     with pytest.raises(UserError, match="cannot be called"):
         DurableExecution(storage).run_workflow(typed, "only one")
+
+
+@step
+async def summarize(text: str) -> str:
+    """A step that runs an agent: the agent's units belong to the step."""
+    summary = await reviewer.run(f"summarize {text}")
+    if "summarize" in FAIL:
+        raise RuntimeError("step failed after its agent ran")
+    return summary.output
+
+
+@workflow(name="agents-in-steps")
+async def agents_in_steps() -> list[str]:
+    first = await summarize("a")
+    second = await summarize("b")  # the same agent, the same tool call ids: scoped apart
+    return [first, second]
+
+
+async def test_agents_inside_steps_are_scoped_under_the_step_and_replay() -> None:
+    storage = InMemoryDurableStorage()
+    FAIL.add("summarize")
+    durable = DurableExecution(storage, auto_cleanup=False)
+    with pytest.raises(RuntimeError, match="after its agent"):
+        await durable.run_workflow_async(agents_in_steps)
+    keys = [s.key for s in await storage.load_steps_async(durable.execution_id)]
+    assert keys[0] == "w1/reviewer#1/model#1" and "w1/reviewer#1/tool:1/c0" in keys
+    assert COUNTS["model reviewer"] == 3
+    FAIL.clear()
+    COUNTS.clear()
+    again = DurableExecution(storage, execution_id=durable.execution_id, auto_cleanup=False)
+    assert await again.resume_workflow_async() == ["reviewer done", "reviewer done"]
+    # The first step ran again, its agent replayed from the journal; the second step's agent ran live.
+    assert COUNTS["model reviewer"] == 3 and COUNTS["tool reviewer-0"] == 1
+    keys = [s.key for s in await storage.load_steps_async(durable.execution_id)]
+    assert "w2/reviewer#1/model#1" in keys and keys.count("w1") == 1
+
+
+async def test_an_agent_called_from_a_tool_does_not_collide_with_the_outer_run() -> None:
+    async def delegate(task: str) -> str:
+        """Ask the nested agent."""
+        return (await executor.run(task)).output
+
+    def outer_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        COUNTS["model outer"] += 1
+        if sum(1 for m in messages if isinstance(m, ModelResponse)) == 0:
+            return ModelResponse(parts=[ToolCallPart("delegate", {"task": "t"}, tool_call_id="c0")])
+        return ModelResponse(parts=[TextPart("outer done")])
+
+    outer = Agent(
+        FunctionModel(outer_model), name="outer", tools=[delegate], capabilities=[PerdureDurability()]
+    )
+    storage = InMemoryDurableStorage()
+    durable = DurableExecution(storage, auto_cleanup=False)
+    assert (await durable.run_agent_async(outer, "go")).output == "outer done"
+    keys = [s.key for s in await storage.load_steps_async(durable.execution_id)]
+    assert keys[:2] == ["model#1", "tool:1/c0/executor#1/model#1"] and "tool:1/c0" in keys
+    assert COUNTS["model outer"] == 2 and COUNTS["model executor"] == 3

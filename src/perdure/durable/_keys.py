@@ -22,7 +22,9 @@ is replayed by later ones, so these formats are a compatibility contract (pinned
 - bookkeeping entries name the unit they are about: `started:<key>` (then `started:<key>#2`, ...)
   before each try of a non-idempotent tool call, `attempt:<key>#<n>` for the n-th failed try under a
   retry policy, `decision:<key>#<d>` for an operator's resolution (`d`: the execution's d-th
-  decision), and `round:<N>` for the decisions that start approval round N.
+  decision), and `round:<N>` for the decisions that start approval round N;
+- a manual checkpoint is keyed like any unit of base `checkpoint` (`checkpoint#<n>`, or its workflow
+  position `w<n>`); an operator's rewind is `rewind#<n>`.
 
 One ambiguity is inherent to the format: the second `started` marker of `tool:1/c` and the first
 marker of the repeated call `tool:1/c#2` are both `started:tool:1/c#2`. It needs a model that
@@ -51,6 +53,7 @@ __all__ = [
     "legacy_call_key",
     "parse_call_key",
     "round_key",
+    "rewind_key",
     "round_prefix",
     "started_key",
     "started_units",
@@ -121,6 +124,11 @@ def attempt_key(key: str, n: int) -> str:
 def decision_key(key: str, n: int) -> str:
     """`decision:<key>#<n>`: an operator's resolution of unit `key`, the execution's n-th decision."""
     return f"{_DECISION}{key}#{n}"
+
+
+def rewind_key(n: int) -> str:
+    """`rewind#<n>`: the execution's n-th rewind (see `perdure.durable.checkpoints`)."""
+    return f"rewind#{n}"
 
 
 def round_key(round: int) -> str:

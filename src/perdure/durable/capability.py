@@ -34,8 +34,9 @@ from ..records import StepKind
 from ._keys import MODEL_REQUEST, workflow_key, workflow_scope
 from .circuit import CircuitBreaker
 from .identity import instructions_hash
-from .journal import UnitIdentity, current_run, serialization_failure
+from .journal import UnitIdentity, current_run, in_unit_scope, serialization_failure
 from .retry import RetryPolicy
+from .step_context import STEP
 
 __all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig"]
 
@@ -200,14 +201,24 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         return request_context
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: Any) -> Any:
-        """Inside a workflow, give this agent run a position of its own and key its units under it.
+        """Key the units of an agent run that is nested in another unit or a workflow under its own scope.
+
+        Inside a unit's body (a tool of another agent, a workflow step) the run is part of that unit:
+        its units are keyed `<unit key>/<agent>#<k>/...`, so they never collide with the outer run's
+        and a re-run of the unit replays what its agent already did.
 
         The run's position (`w<n>`) is journaled with the agent's name, so a resume that reaches it
         with another agent is refused; its units are keyed `w<n>/...`, so the units of two agents
         (both asking for `model#1`, both calling a tool `call-0`) never collide.
         """
         run = current_run()
-        if run is None or run.workflow is None:
+        if run is None:
+            return await super().wrap_run(ctx, handler=handler)
+        unit = STEP.get(None)
+        if unit is not None:  # inside a unit's body (a tool, a workflow step): part of that unit
+            with run.scoped(f"{unit.key}/{self.name}#{run.sub_ordinal(unit.key, self.name)}/"):
+                return await super().wrap_run(ctx, handler=handler)
+        if run.workflow is None or in_unit_scope():
             return await super().wrap_run(ctx, handler=handler)
         position = run.next_position()
         name = f"agent:{self.name}"

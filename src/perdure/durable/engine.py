@@ -52,6 +52,7 @@ from ..storage.memory import InMemoryDurableStorage
 from ._approvals import approval_pending, continue_round, journal_approval_round
 from ._attempt_end import explain_unregistered_model, record_end
 from ._prechecks import check_decisions, check_durable, check_journal, check_resumable
+from .checkpoints import effective_journal
 from .decisions import ApprovalDecision, ToolResolution
 from .identity import agent_identity, check_identity, normalize_allow_changes
 from .journal import JournalRun, pending_call
@@ -384,6 +385,7 @@ class ExecutionHandle:
         )
         journal = await self.storage.load_steps_async(head.execution_id)
         head = check_journal(self.storage, head, journal)
+        journal = effective_journal(journal)  # without what a rewind superseded
         check_decisions(head, journal, approvals, resolutions)
         resuming = head.attempts > 0
         head = head.attempt_started(identity)

@@ -14,6 +14,17 @@ from .._sync import run_sync, sync_twin
 from ..errors import UserError
 from ..records import ExecutionStatus, StepRecord
 from ..storage.base import DurableExecutionStorage
+from .checkpoints import (
+    Checkpoint,
+    create_checkpoint_async,
+    delete_checkpoint_async,
+    fork_async,
+    get_checkpoint_async,
+    get_latest_checkpoint_async,
+    list_checkpoints_async,
+    parse_checkpoint_id,
+    rewind_async,
+)
 from .engine import AttemptResult, ExecutionHandle
 from .recovery import recover_interrupted_async
 
@@ -151,6 +162,136 @@ class DurableExecution(ExecutionHandle):
     start_workflow = sync_twin(start_workflow_async)
     resume_workflow = sync_twin(resume_workflow_async)
 
+    # ---- checkpoints and time travel (see perdure.durable.checkpoints) -----------------------------
+
+    async def create_checkpoint_async(self, description: str = "", state: Any = None) -> Checkpoint:
+        """Journal a manual checkpoint in this running execution (seed Spring `createCheckpoint`)."""
+        return await create_checkpoint_async(self.execution_id, description=description, state=state)
+
+    create_checkpoint = sync_twin(create_checkpoint_async)
+
+    @_HybridMethod
+    async def list_checkpoints_async(self_or_cls: Any, *args: Any, **kwargs: Any) -> list[Checkpoint]:
+        """`DurableExecution.list_checkpoints_async(execution_id, storage)`, or on an instance."""
+        execution_id, storage = _target(self_or_cls, args, "list_checkpoints")
+        return await list_checkpoints_async(execution_id, storage, **kwargs)
+
+    @_HybridMethod
+    def list_checkpoints(self_or_cls: Any, *args: Any, **kwargs: Any) -> list[Checkpoint]:
+        """The execution's checkpoints in journal order: every journaled unit, and manual ones.
+
+        Call as `DurableExecution.list_checkpoints(execution_id, storage)` or `durable.list_checkpoints()`;
+        `include_superseded=True` adds the entries a rewind superseded.
+        """
+        execution_id, storage = _target(self_or_cls, args, "list_checkpoints")
+        return run_sync(list_checkpoints_async(execution_id, storage, **kwargs))
+
+    @_HybridMethod
+    def get_checkpoint(self_or_cls: Any, checkpoint: str, *args: Any) -> Checkpoint:
+        """The checkpoint with this id (`DurableExecution.get_checkpoint(id, storage)`, or on an instance)."""
+        return run_sync(get_checkpoint_async(checkpoint, _storage(self_or_cls, args, "get_checkpoint")))
+
+    @_HybridMethod
+    def get_latest_checkpoint(self_or_cls: Any, *args: Any) -> Checkpoint | None:
+        """The latest active checkpoint (`DurableExecution.get_latest_checkpoint(execution_id, storage)`)."""
+        execution_id, storage = _target(self_or_cls, args, "get_latest_checkpoint")
+        return run_sync(get_latest_checkpoint_async(execution_id, storage))
+
+    @_HybridMethod
+    def delete_checkpoint(self_or_cls: Any, checkpoint: str, *args: Any) -> bool:
+        """Hide a manual checkpoint (`DurableExecution.delete_checkpoint(id, storage)`); journal kept."""
+        return run_sync(delete_checkpoint_async(checkpoint, _storage(self_or_cls, args, "delete_checkpoint")))
+
+    @staticmethod
+    async def fork_async(execution_id: str, storage: DurableExecutionStorage, **options: Any) -> str:
+        """Async twin of `fork`."""
+        return await fork_async(execution_id, storage, **options)
+
+    @staticmethod
+    def fork(
+        execution_id: str,
+        storage: DurableExecutionStorage,
+        *,
+        at_step: int | None = None,
+        at_checkpoint: str | None = None,
+        new_execution_id: str | None = None,
+    ) -> str:
+        """A new execution whose journal is this one's up to `at_step` / `at_checkpoint`; its id.
+
+        Resume it like any execution (`resume_agent`, `resume_workflow`, a worker): the prefix replays
+        and the rest runs live, with the same or another agent, model or prompt.
+        """
+        return run_sync(
+            fork_async(
+                execution_id,
+                storage,
+                at_step=at_step,
+                at_checkpoint=at_checkpoint,
+                new_execution_id=new_execution_id,
+            )
+        )
+
+    @staticmethod
+    async def rewind_async(execution_id: str, storage: DurableExecutionStorage, **options: Any) -> int:
+        """Async twin of `rewind`."""
+        return await rewind_async(execution_id, storage, **options)
+
+    @staticmethod
+    def rewind(
+        execution_id: str,
+        storage: DurableExecutionStorage,
+        *,
+        to_step: int | None = None,
+        to_node: str | None = None,
+    ) -> int:
+        """Continue the same execution from `to_step` (or before the latest unit named `to_node`).
+
+        The entries after that point are kept as superseded history; the next resume runs live from
+        there (Spring `recoverFromCheckpoint` / `recoverToSpecificNode`). Returns the step kept.
+        """
+        return run_sync(rewind_async(execution_id, storage, to_step=to_step, to_node=to_node))
+
+    # ---- resume tokens ----------------------------------------------------------------------------
+
+    @staticmethod
+    def resume_token(
+        execution_id: str,
+        at: str | None = None,
+        *,
+        expires_in: float = 7 * 24 * 3600,
+        key: str | bytes | None = None,
+    ) -> str:
+        """A signed (HMAC-SHA256, `PERDURE_SECRET_KEY` or `key`), expiring, URL-safe token for this execution.
+
+        `at` names a checkpoint (`<execution_id>@<step>`) the token refers to. Hand it to another
+        service; `from_resume_token(token, storage)` there returns the execution to resume.
+        """
+        from .._tokens import create_resume_token
+
+        if at is not None and parse_checkpoint_id(at)[0] != execution_id:
+            raise UserError(f"Checkpoint {at!r} does not belong to execution {execution_id!r}.")
+        return create_resume_token(execution_id, checkpoint=at, expires_in=expires_in, key=key)
+
+    @classmethod
+    def from_resume_token(
+        cls, token: str, storage: DurableExecutionStorage, *, key: str | bytes | None = None, **options: Any
+    ) -> DurableExecution:
+        """The execution a valid token names, ready to resume (`resume_agent` / `resume_workflow`).
+
+        A tampered, expired or foreign-key token raises `InvalidResumeTokenError`; a token whose
+        execution or checkpoint no longer exists raises `ExecutionNotFoundError` /
+        `CheckpointNotFoundError`. Nothing runs here. `options` go to the constructor (auto_cleanup, ...).
+        """
+        from .._tokens import verify_resume_token
+
+        claims = verify_resume_token(token, key=key)
+        head = storage.load_state(claims.execution_id)
+        if head is None:
+            raise storage.not_found_error(claims.execution_id)
+        if claims.checkpoint is not None:
+            run_sync(get_checkpoint_async(claims.checkpoint, storage))
+        return cls(storage, execution_id=claims.execution_id, **options)
+
     # ---- recovery ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -176,3 +317,22 @@ async def _info_async(target: Any, *args: Any) -> dict[str, Any] | None:
         execution_id, storage = args
     head = await storage.load_state_async(execution_id)
     return None if head is None else head.info()
+
+
+def _target(target: Any, args: tuple[Any, ...], name: str) -> tuple[str, DurableExecutionStorage]:
+    """`(execution_id, storage)` from an instance, or from `(execution_id, storage)` on the class."""
+    if isinstance(target, DurableExecution):
+        return (args[0] if args else target.execution_id), (args[1] if len(args) > 1 else target.storage)
+    if len(args) != 2:
+        raise UserError(f"Call DurableExecution.{name}(execution_id, storage).")
+    return args[0], args[1]
+
+
+def _storage(target: Any, args: tuple[Any, ...], name: str) -> DurableExecutionStorage:
+    """The storage of an instance, or the one passed to the class method."""
+    if isinstance(target, DurableExecution) and not args:
+        return target.storage
+    if len(args) != 1:
+        raise UserError(f"Call DurableExecution.{name}(checkpoint_id, storage).")
+    storage: DurableExecutionStorage = args[0]
+    return storage

@@ -159,6 +159,9 @@ class JournalRun:
         self._decisions = sum(1 for step in journal if step.kind is StepKind.DECISION)
         self._live: _LiveUnit | None = None
         self._position = 0
+        self._nested: Counter[tuple[str, str]] = Counter()
+        self.last_key = ""
+        """Key of the unit `run_unit` handled last."""
         self.workflow: str | None = None
         """The workflow this attempt runs (None: an agent run)."""
         self.on_unit: Callable[[StepRecord, bool], None] | None = None
@@ -198,6 +201,10 @@ class JournalRun:
             return prefix + keys.call(kind, unit.tool_call_id, round=self.round)
         return prefix + keys.unit(unit.key_base, round=self.round)
 
+    def recorded(self, key: str) -> StepRecord | None:
+        """The journaled entry of `key` this attempt replayed, None when the unit ran live."""
+        return self._journal.get(key)
+
     # ---- workflows: positional units and scopes of nested agent runs ------------------------------
 
     def next_position(self) -> int:
@@ -213,6 +220,11 @@ class JournalRun:
                 raise JournalMismatchError(self.execution_id, str(recorded.seq), name, recorded.name)
             return
         await self._append_bookkeeping(kind, key, name, result)
+
+    def sub_ordinal(self, unit_key: str, name: str) -> int:
+        """The ordinal of the next run of agent `name` nested in the unit `unit_key` (1-based)."""
+        self._nested[(unit_key, name)] += 1
+        return self._nested[(unit_key, name)]
 
     @contextmanager
     def scoped(self, prefix: str) -> Iterator[None]:
@@ -301,7 +313,7 @@ class JournalRun:
         `circuit_breaker` (a `CircuitBreaker`, model requests).
         """
         config = config or {}
-        key = self._key(unit)
+        key = self.last_key = self._key(unit)
         recorded = self._journal.get(key)
         if recorded is not None:
             if recorded.name != unit.name:
@@ -610,7 +622,9 @@ class JournalRun:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
 
 
-_RESULT_KINDS = frozenset({StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP})
+_RESULT_KINDS = frozenset(
+    {StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP, StepKind.CHECKPOINT}
+)
 _THREADED = frozenset({StepKind.TOOL_CALL, StepKind.STEP})
 """Units whose body may run user code in a thread (see `_run_body`)."""
 _SCOPE: ContextVar[tuple[str, UnitKeys] | None] = ContextVar("perdure_unit_scope", default=None)

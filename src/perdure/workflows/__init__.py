@@ -20,6 +20,7 @@ report = await DurableExecution(storage).run_workflow_async(pipeline, "solar")
 from __future__ import annotations
 
 from ._define import Step, Workflow, step, workflow
+from ._graph import run_graph
 from ._primitives import now, random, save_state, sleep, sleep_until, state
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Workflow",
     "now",
     "random",
+    "run_graph",
     "save_state",
     "sleep",
     "sleep_until",

@@ -20,6 +20,7 @@ from pydantic_ai.durable_exec import replay_scope
 
 from ..durable._attempt_end import record_end
 from ..durable._prechecks import check_journal, check_resumable
+from ..durable.checkpoints import effective_journal
 from ..durable.engine import ExecutionHandle
 from ..durable.identity import normalize_allow_changes
 from ..durable.journal import JournalRun, pending_call
@@ -134,6 +135,7 @@ async def _attempt(
     storage = handle.storage
     journal = await storage.load_steps_async(head.execution_id)
     head = check_journal(storage, head, journal)
+    journal = effective_journal(journal)  # without what a rewind superseded
     identity = head.identity or ExecutionIdentity(agent_name=definition.name)
     head = head.attempt_started(identity)
     run = JournalRun(storage, head, journal, debug=handle.debug, allow_changes=allow)
