@@ -21,8 +21,8 @@ PUBLIC = {
         "register", "save_state", "sleep", "sleep_until", "state", "step", "tool", "workflow",
     ],
     "perdure.workflows": [
-        "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep", "sleep_until", "state", "step",
-        "workflow",
+        "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep", "sleep_until", "state",
+        "step", "workflow",
     ],
     "perdure.durable": [
         "AgentFactory", "AttemptResult", "CircuitBreaker", "DurableExecution",
