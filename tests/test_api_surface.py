@@ -21,11 +21,12 @@ PUBLIC = {
         "register", "save_state", "sleep", "sleep_until", "state", "step", "tool", "workflow",
     ],
     "perdure.workflows": [
-        "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep", "sleep_until", "state",
-        "step", "workflow",
+        "StatefulWorkflow", "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep",
+        "sleep_until", "state", "step", "workflow",
     ],
     "perdure.durable": [
-        "AgentFactory", "AttemptResult", "CircuitBreaker", "DurableExecution",
+        "AgentFactory", "AttemptResult", "Checkpoint", "CircuitBreaker", "DurableAgent", "DurableExecution",
+        "StatefulWorkflow",
         "DurableExecutionStorage", "DurableStorage", "ExecutionAborted", "FileDurableStorage",
         "InMemoryDurableStorage", "PerdureDurability", "PostgresDurableStorage", "RedisDurableStorage",
         "ResumeTarget", "RetryPolicy", "SQLiteDurableStorage", "StepContext", "TOOL_CONFIG_KEY",
@@ -65,6 +66,7 @@ PUBLIC_MODULES = [
     "perdure.durable.checkpoints",
     "perdure.durable.circuit",
     "perdure.durable.decisions",
+    "perdure.durable.durable_agent",
     "perdure.durable.engine",
     "perdure.durable.execution",
     "perdure.durable.identity",

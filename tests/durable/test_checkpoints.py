@@ -256,3 +256,22 @@ async def cp_stops_once(topic: str) -> str:
     await create_checkpoint("after the first agent")
     shouted = await record(await stop_once(first.output))
     return (await second.run(shouted)).output
+
+
+async def test_the_seed_backend_methods_work_on_every_storage(storage: DurableExecutionStorage) -> None:
+    from perdure import Checkpoint
+
+    durable = DurableExecution(storage, auto_cleanup=False)
+    await durable.run_agent_async(agent, "go")
+    eid = durable.execution_id
+    seed = Checkpoint(agent_state={"step": 3}, message_history=[{"role": "user"}], metadata={"phase": "x"})
+    saved = await storage.save_checkpoint_async(eid, seed)
+    assert saved in await storage.list_checkpoints_async(eid)
+    loaded = await storage.load_checkpoint_async(saved)
+    assert loaded is not None and loaded.agent_state == {"step": 3} and loaded.metadata == {"phase": "x"}
+    assert loaded.message_history == [{"role": "user"}]
+    assert await storage.load_checkpoint_async(f"{eid}@999") is None
+    assert storage.delete_checkpoints(eid) == 1
+    assert storage.load_checkpoint(saved) is None
+    RAN.clear()  # the run's journal is untouched: a resume of the completed run is refused, not re-run
+    assert storage.list_checkpoints(eid) == [p.id for p in await durable.list_checkpoints_async()]

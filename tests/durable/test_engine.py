@@ -474,8 +474,14 @@ def test_errors_pickle() -> None:
 def test_journal_ahead_of_head_after_crash_between_the_two_writes(tmp_path: Path) -> None:
     """File backend: the journal entry is fsync'd before the head is replaced; a crash in between
     leaves the journal one step ahead. Resume must replay that step, not run it or collide with it.
-    A journal further ahead than that one window is corruption: nothing runs."""
-    storage = FileDurableStorage(path=str(tmp_path / "states"))
+    A journal further ahead than the backend's window is corruption: nothing runs. (The file backend's
+    window is one batch; a backend whose batches are single entries has a window of one.)"""
+
+    class SingleEntryFiles(FileDurableStorage):
+        journal_may_lead_head = 1
+        max_batch = 1
+
+    storage = SingleEntryFiles(path=str(tmp_path / "states"))
     durable = DurableExecution(storage, auto_cleanup=False)
     FAIL_ON.add("validate_data")
     agent = Agent(ScriptedModel())._build(

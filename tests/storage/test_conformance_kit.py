@@ -10,18 +10,26 @@ the README's custom backend in `test_readme.py`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from perdure.codec import encode_step
-from perdure.errors import CorruptRecordError, ExecutionLeasedError, StepConflictError, UserError
-from perdure.records import ExecutionRecord, StepRecord
-from perdure.storage import DurableExecutionStorage, InMemoryDurableStorage
+from perdure.codec import encode_head, encode_step
+from perdure.errors import (
+    CorruptRecordError,
+    ExecutionLeasedError,
+    SerializationError,
+    StepConflictError,
+    UserError,
+)
+from perdure.records import ExecutionRecord, StepKind, StepRecord
+from perdure.storage import DurableExecutionStorage, InMemoryDurableStorage, SQLiteDurableStorage
 from perdure.testing import PROPERTIES, ConformanceReport, PropertyResult, check_storage, check_storage_sync
 from support.paths import ROOT
 
@@ -118,6 +126,60 @@ class CrashesOnRelease(InMemoryDurableStorage):
         return {}[execution_id]  # type: ignore[no-any-return]  # a KeyError the contract does not allow
 
 
+class WritesFirstEntryOnly(InMemoryDurableStorage):
+    """Journals only the first entry of a batch (with the batch's head)."""
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        await self.append_step_async(record, steps[0])
+
+
+class EncodesWhileWriting(InMemoryDurableStorage):
+    """Encodes and appends entry by entry under the lock: an unstorable entry leaves those before it."""
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        batch = self._batch(record, steps)
+        with self._lock:
+            self._writable(record, create=False)
+            self._fence(record)
+            journal = self._journals.setdefault(record.execution_id, [])
+            if batch[0].seq != len(journal):
+                raise StepConflictError(record.execution_id, batch[0].seq)
+            for step in batch:
+                journal.append(encode_step(step))
+            self._heads[record.execution_id] = encode_head(record)
+
+
+class CreatesOnBatch(InMemoryDurableStorage):
+    """Lets a batch create a missing head (and, through the tombstone check it skips, a deleted one)."""
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        with self._lock:
+            self._heads.setdefault(record.execution_id, encode_head(record))
+            self._tombstones.pop(record.execution_id, None)
+        await super().append_steps_async(record, steps)
+
+
+class LoopingSQLite(SQLiteDurableStorage):
+    """Claims atomic batches but appends entry by entry (the base default): not one transaction."""
+
+    atomic_batches = True
+    append_steps_async = DurableExecutionStorage.append_steps_async  # type: ignore[assignment]
+
+
+class DefaultBatchesMemory(InMemoryDurableStorage):
+    """A custom backend that keeps the base class's `append_steps_async` (entry by entry)."""
+
+    atomic_batches = False
+    append_steps_async = DurableExecutionStorage.append_steps_async  # type: ignore[assignment]
+
+
+class DefaultBatchesSQLite(SQLiteDurableStorage):
+    """The same on a backend that accepts a journal with a gap (where a batch can fail at its 2nd seq)."""
+
+    atomic_batches = False
+    append_steps_async = DurableExecutionStorage.append_steps_async  # type: ignore[assignment]
+
+
 @pytest.mark.parametrize(
     ("backend", "prop", "says"),
     [
@@ -141,6 +203,15 @@ class CrashesOnRelease(InMemoryDurableStorage):
         (ListsOldestFirst, "list.filter_order_limit", "list_executions_async() order"),
         (FailsOnDamagedHeads, "corrupt_record.skipped_by_list_and_stats", "raised CorruptRecordError"),
         (CrashesOnRelease, "lease.release", "raised KeyError: 'exec-l' (at _leases.py:"),
+        (WritesFirstEntryOnly, "batch.head_and_entries", "(entries of the batch were lost)"),
+        (WritesFirstEntryOnly, "batch.order", "seqs returned by load_steps_async after a batch of seqs 0..1"),
+        (
+            EncodesWhileWriting,
+            "batch.refused_writes_nothing",
+            "a batch whose second entry cannot be encoded: the journal holds seqs [0, 1, 2], expected "
+            "[0, 1] (entries [2] of the refused batch were written)",
+        ),
+        (CreatesOnBatch, "batch.never_creates", "append_steps_async of an execution without a head returned"),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )
@@ -158,18 +229,91 @@ async def test_a_broken_backend_fails_the_property_it_breaks(
     assert report[prop].message in str(info.value)
 
 
+async def test_a_batch_that_is_not_one_transaction_fails_atomicity(tmp_path: Path) -> None:
+    """On a backend that stores a gap, a batch can fail at its 2nd seq: only one write rolls back the 1st."""
+    counter = itertools.count()
+    report = await check_storage(lambda: LoopingSQLite(tmp_path / f"{next(counter)}.db"), only=["batch.*"])
+    assert report.failed == ("batch.refused_writes_nothing",), report
+    assert report["batch.refused_writes_nothing"].message == (
+        "a batch refused at its second seq (2, journaled) wrote its first entry: the journal reads as seqs "
+        "[0, 1, 2] (atomic_batches is True: a refused batch writes nothing)"
+    )
+
+
+async def test_the_default_batch_of_a_custom_backend_passes(tmp_path: Path) -> None:
+    """The base class's `append_steps_async` keeps the contract, entry by entry (`atomic_batches` False)."""
+    report = await check_storage(DefaultBatchesMemory, only=["batch.*", "sync_twins.*"], lease_ttl=TTL)
+    assert report.ok and report.skipped == ("batch.survives_reopen",), report
+    counter = itertools.count()
+    on_sqlite = await check_storage(
+        lambda: DefaultBatchesSQLite(tmp_path / f"{next(counter)}.db"), only=["batch.*"]
+    )
+    assert on_sqlite.ok, on_sqlite
+
+
+async def test_the_default_batch_writes_each_entry_with_a_head_that_counts_it() -> None:
+    store = DefaultBatchesMemory()
+    writes: list[tuple[int, int, str]] = []
+    single = InMemoryDurableStorage.append_step_async
+
+    async def spy(record: ExecutionRecord, step: StepRecord) -> None:
+        writes.append((step.seq, record.next_seq, record.step_name))
+        await single(store, record, step)
+
+    store.append_step_async = spy  # type: ignore[method-assign]
+    await store.save_state_async(ExecutionRecord(execution_id="e"))
+    final = ExecutionRecord(execution_id="e", next_seq=3, step_name="last")
+    steps = [
+        StepRecord(execution_id="e", seq=seq, kind=StepKind.TOOL_CALL, name="t", key=f"k{seq}")
+        for seq in range(3)
+    ]
+    await store.append_steps_async(final, steps)
+    assert writes == [(0, 1, "last"), (1, 2, "last"), (2, 3, "last")]
+    assert await store.load_state_async("e") == final
+    # Checked and encoded before the first write: a malformed batch or an unstorable value writes nothing.
+    unstorable = StepRecord(
+        execution_id="e", seq=4, kind=StepKind.TOOL_CALL, name="t", key="k", result={"x": float("nan")}
+    )
+    for bad in ([steps[0].model_copy(update={"seq": 3}), unstorable], []):
+        with pytest.raises((SerializationError, UserError)):
+            await store.append_steps_async(final.model_copy(update={"next_seq": 5}), bad)
+    assert len(writes) == 3 and len(await store.load_steps_async("e")) == 3
+
+
+def test_batches_longer_than_max_batch_are_refused() -> None:
+    class Bounded(InMemoryDurableStorage):
+        max_batch = 2
+
+    store = Bounded()
+    store.save_state(ExecutionRecord(execution_id="e"))
+    steps = [
+        StepRecord(execution_id="e", seq=seq, kind=StepKind.TOOL_CALL, name="t", key=f"k{seq}")
+        for seq in range(3)
+    ]
+    with pytest.raises(UserError, match="takes at most 2 per batch"):
+        store.append_steps(ExecutionRecord(execution_id="e", next_seq=3), steps)
+    assert store.load_steps("e") == []
+    store.append_steps(ExecutionRecord(execution_id="e", next_seq=2), steps[:2])
+    assert [s.seq for s in store.load_steps("e")] == [0, 1]
+
+
 async def test_the_whole_kit_names_exactly_the_broken_property() -> None:
     report = await check_storage(IgnoresFencing, raw_writer=put_raw_head, lease_ttl=TTL)
-    assert report.failed == ("lease.fencing",), report
+    # Unfenced batches break the batch property too (a batch by 'w0' under 'w1's lease went through).
+    assert report.failed == ("batch.refused_writes_nothing", "lease.fencing"), report
     assert set(report.skipped) == {
         "step.second_writer_conflicts",
+        "batch.survives_reopen",
         "lease.survives_reopen",
         "persistence.reopen",
     }
     assert len(report.results) == len(PROPERTIES) and not report.ok
     assert report.summary() == (
-        f"IgnoresFencing: {len(PROPERTIES) - 4} of {len(PROPERTIES)} properties passed, "
-        f"1 failed (lease.fencing), 3 skipped"
+        f"IgnoresFencing: {len(PROPERTIES) - 6} of {len(PROPERTIES)} properties passed, "
+        f"2 failed (batch.refused_writes_nothing, lease.fencing), 4 skipped"
+    )
+    assert report["batch.refused_writes_nothing"].message.startswith(
+        "append_steps_async by 'w0' while 'w1' holds an unexpired lease returned None"
     )
     message = report["lease.fencing"].message
     assert message.startswith("append_step_async by 'w0' while 'w1' holds an unexpired lease returned None")
@@ -192,6 +336,7 @@ async def test_a_sound_backend_passes_and_hooks_unlock_the_rest() -> None:
         "corrupt_record.skipped_by_list_and_stats",
         "newer_schema.skipped_by_list_and_stats",
         "step.second_writer_conflicts",
+        "batch.survives_reopen",
         "lease.survives_reopen",
         "persistence.reopen",
     }

@@ -395,6 +395,22 @@ def test_conflict_and_fence_refusals_change_nothing(
     assert len(after_steps) == 3 and after_head[4:6] == leased[0][4:6]
 
 
+def test_a_batch_is_all_or_nothing_and_names_the_journaled_seq(
+    store: PostgresDurableStorage, db: psycopg.Connection[Any], prefix: str
+) -> None:
+    store.save_state(ExecutionRecord(execution_id="exec-b"))
+    steps = [_step("exec-b", seq, result={"seq": seq, "blob": b"\x00\xff".hex() * seq}) for seq in range(300)]
+    store.append_steps(_head("exec-b", 299), steps)
+    assert store.load_steps("exec-b") == steps
+    assert _scalar(db, f"SELECT count(*) FROM {prefix}steps WHERE execution_id = 'exec-b'") == 300
+    store.append_step(_head("exec-b", 301), _step("exec-b", 301))  # PostgreSQL stores the gap at 300
+    before = _snapshot(db, prefix, "exec-b")
+    with pytest.raises(StepConflictError) as info:  # seqs 300..302: 301 is journaled
+        store.append_steps(_head("exec-b", 302), [_step("exec-b", seq) for seq in (300, 301, 302)])
+    assert (info.value.execution_id, info.value.seq) == ("exec-b", 301)
+    assert _snapshot(db, prefix, "exec-b") == before  # seq 300 was not written either
+
+
 def test_zstd_codec_is_stored_with_the_row(
     postgres_dsn: str, prefix: str, db: psycopg.Connection[Any]
 ) -> None:

@@ -220,6 +220,28 @@ async def test_retried_append_of_the_same_entry_is_idempotent(store: RedisDurabl
         await store.append_step_async(record, step)
 
 
+async def test_a_batch_is_one_script_call_and_a_retried_batch_is_done(
+    store: RedisDurableStorage, raw: redis.Redis
+) -> None:
+    await store.save_state_async(_record("exec-b"))
+    steps = [_step("exec-b", seq) for seq in range(600)]  # more than one RPUSH slice (256 values)
+    record = _record("exec-b", next_seq=600)
+    evalsha = _calls(raw, "evalsha")
+    await store.append_steps_async(record, steps)
+    assert _calls(raw, "evalsha") == evalsha + 1
+    assert await store.load_steps_async("exec-b") == steps
+    # A client retry of a batch whose reply was lost sends the very same bytes: done already.
+    await store.append_steps_async(record, steps[-3:])
+    await store.append_steps_async(record, steps)
+    assert len(await store.load_steps_async("exec-b")) == 600
+    with pytest.raises(StepConflictError) as info:  # other entries for journaled seqs: a conflict
+        await store.append_steps_async(record, [_step("exec-b", 598, "other"), steps[599]])
+    assert info.value.seq == 598
+    with pytest.raises(StepConflictError):  # not last any more: no retry
+        await store.append_steps_async(record, steps[:2])
+    assert await store.load_steps_async("exec-b") == steps
+
+
 async def test_stats_and_list_equal_a_full_scan_after_random_transitions(
     store: RedisDurableStorage, raw: redis.Redis, prefix: str
 ) -> None:

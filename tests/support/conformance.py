@@ -43,5 +43,10 @@ def reopen_builtin(store: DurableExecutionStorage) -> DurableExecutionStorage | 
     return None if opener is None else opener()
 
 
-IN_PROCESS_ONLY = ["persistence.reopen", "step.second_writer_conflicts", "lease.survives_reopen"]
+IN_PROCESS_ONLY = [
+    "persistence.reopen",
+    "step.second_writer_conflicts",
+    "lease.survives_reopen",
+    "batch.survives_reopen",
+]
 """Properties about a second instance on the same store: the in-memory store has no second instance."""

@@ -420,3 +420,49 @@ async def test_an_agent_called_from_a_tool_does_not_collide_with_the_outer_run()
     keys = [s.key for s in await storage.load_steps_async(durable.execution_id)]
     assert keys[:2] == ["model#1", "tool:1/c0/executor#1/model#1"] and "tool:1/c0" in keys
     assert COUNTS["model outer"] == 2 and COUNTS["model executor"] == 3
+
+
+async def test_a_long_replay_that_never_waits_keeps_its_lease_alive() -> None:
+    """Replayed units return at once (no await that yields): a long replay must not starve the heartbeat."""
+    import threading
+
+    @workflow(name="long-replay")
+    async def long_replay() -> str:
+        for _ in range(150):
+            await perdure.now()
+            time.sleep(0.008)  # the workflow's own blocking work between units: about 1.2 s in all
+        await save_research("a b")
+        return "done"
+
+    storage = InMemoryDurableStorage()
+    FAIL.add("save")
+    first = DurableExecution(storage, auto_cleanup=False)
+    with pytest.raises(RuntimeError):
+        await first.run_workflow_async(long_replay)
+    FAIL.clear()
+    durable = DurableExecution(storage, execution_id=first.execution_id, auto_cleanup=False, lease_ttl=0.3)
+    stolen: list[str] = []
+    stop = threading.Event()
+
+    def thief() -> None:  # another worker trying to take the execution over during the replay
+        while not stop.is_set():  # first wait for the resume to hold the lease
+            head = storage.load_state(durable.execution_id)
+            if head is not None and head.lease_owner is not None:
+                break
+            time.sleep(0.01)
+        while not stop.is_set():
+            try:
+                storage.acquire_lease(durable.execution_id, "thief", 5)
+                stolen.append("taken")
+                return
+            except Exception:
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=thief)
+    thread.start()
+    try:
+        assert await durable.resume_workflow_async() == "done"
+    finally:
+        stop.set()
+        thread.join()
+    assert stolen == []

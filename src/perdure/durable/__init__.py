@@ -14,8 +14,10 @@ from ..storage import (
     storage_from_url,
 )
 from .capability import TOOL_CONFIG_KEY, PerdureDurability
+from .checkpoints import Checkpoint
 from .circuit import CircuitBreaker, circuit_breaker_for, circuit_stats
 from .decisions import ToolResolution
+from .durable_agent import DurableAgent
 from .engine import AgentFactory, AttemptResult, ResumeTarget
 from .execution import DurableExecution
 from .journal import ExecutionAborted, StepContext, current_step, idempotency_key
@@ -25,12 +27,15 @@ from .transient import is_transient
 if TYPE_CHECKING:
     from ..storage.postgres import PostgresDurableStorage
     from ..storage.redis import RedisDurableStorage
+    from ..workflows import StatefulWorkflow
 
 __all__ = [
     "TOOL_CONFIG_KEY",
     "AgentFactory",
     "AttemptResult",
+    "Checkpoint",
     "CircuitBreaker",
+    "DurableAgent",
     "DurableExecution",
     "DurableExecutionStorage",
     "DurableStorage",
@@ -43,6 +48,7 @@ __all__ = [
     "ResumeTarget",
     "RetryPolicy",
     "SQLiteDurableStorage",
+    "StatefulWorkflow",
     "StepContext",
     "ToolResolution",
     "circuit_breaker_for",
@@ -56,7 +62,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Server backends are imported on first use (they need the `redis` / `postgres` extras)."""
+    """Server backends are imported on first use (they need the `redis` / `postgres` extras).
+
+    `StatefulWorkflow` lives in `perdure.workflows` (the layer above); it is offered here under the
+    seed's import path and imported when first asked for.
+    """
+    if name == "StatefulWorkflow":
+        from ..workflows import StatefulWorkflow
+
+        return StatefulWorkflow
     if name in ("RedisDurableStorage", "PostgresDurableStorage"):
         from .. import storage
 

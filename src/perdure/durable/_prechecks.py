@@ -59,8 +59,9 @@ def check_journal(
 
     A journal shorter than the head lost entries (a deleted row, a lost last line, a damaged page):
     replaying it would run the lost units again, so it is `CorruptRecordError` and nothing runs. A
-    journal longer than the head is the file backend's one legitimate crash window (the entry is
-    appended before the head is replaced); anything beyond that window is corruption too.
+    journal longer than the head is the file backend's legitimate crash window (the entries of one
+    write, up to a batch, are appended before the head is replaced); anything beyond that window is
+    corruption too.
     """
     count = len(journal)
     if count == head.next_seq:

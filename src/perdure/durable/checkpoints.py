@@ -20,7 +20,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..codec import json_data
 from ..errors import CheckpointNotFoundError, UserError
@@ -45,6 +45,7 @@ __all__ = [
     "list_checkpoints_async",
     "parse_checkpoint_id",
     "rewind_async",
+    "save_checkpoint_async",
 ]
 
 logger = logging.getLogger("perdure")
@@ -58,17 +59,34 @@ _POINT_KINDS = frozenset(
 class Checkpoint(BaseModel):
     """A point of an execution's journal (seed Spring `Checkpoint`)."""
 
-    id: str
-    execution_id: str
-    step_index: int
-    step_name: str
-    kind: str
+    id: str = ""
+    """`<execution_id>@<step>`; empty on a checkpoint built by hand and not saved yet."""
+    execution_id: str = ""
+    step_index: int = -1
+    step_name: str = "checkpoint"
+    kind: str = "manual"
     """`manual` (made by `create_checkpoint`) or the unit's kind (`model_request`, `tool_call`, ...)."""
-    created_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
     status: str = "active"
     """`active`, or `superseded` once a rewind went back before it."""
     description: str | None = None
     state: Any = None
+    # The seed's `Checkpoint(agent_state=..., message_history=..., tool_results=..., metadata=...,
+    # step_number=...)` spelling, stored with a manual checkpoint (`storage.save_checkpoint`).
+    message_history: list[Any] = Field(default_factory=list)
+    tool_results: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    step_number: int | None = None
+
+    def __init__(self, **data: Any) -> None:
+        if "agent_state" in data:  # the seed's name for the state payload
+            data.setdefault("state", data.pop("agent_state"))
+        super().__init__(**data)
+
+    @property
+    def agent_state(self) -> Any:
+        """The seed's name for `state`."""
+        return self.state
 
     def create_resume_token(
         self, *, expires_in: float = 7 * 24 * 3600, key: str | bytes | None = None
@@ -120,6 +138,10 @@ def _point(step: StepRecord, superseded: bool) -> Checkpoint:
         status="superseded" if superseded else "active",
         description=result.get("description") if manual else None,
         state=result.get("state") if manual else None,
+        message_history=result.get("message_history", []) if manual else [],
+        tool_results=result.get("tool_results", {}) if manual else {},
+        metadata=result.get("metadata", {}) if manual else {},
+        step_number=result.get("step_number") if manual else None,
     )
 
 
@@ -246,6 +268,56 @@ async def create_checkpoint_async(
         description=result.get("description"),
         state=result.get("state"),
     )
+
+
+async def save_checkpoint_async(
+    execution_id: str,
+    storage: DurableExecutionStorage,
+    checkpoint: Checkpoint | None = None,
+    *,
+    description: str = "",
+    state: Any = None,
+    worker_id: str | None = None,
+) -> Checkpoint:
+    """Journal a manual checkpoint into an execution that is not running (the seed's `save_checkpoint`).
+
+    It is keyed `manual#<n>`, a key no unit asks for, so replay never returns it: it is a note in
+    the journal (with the seed's `agent_state`, `message_history`, `tool_results`, `metadata`), listed
+    with the other checkpoints. Takes the lease: a running execution raises `ExecutionLeasedError`.
+    """
+    source = checkpoint or Checkpoint(description=description, state=state)
+    payload = json_data(
+        {
+            "description": source.description or description,
+            "state": source.state,
+            "message_history": source.message_history,
+            "tool_results": source.tool_results,
+            "metadata": source.metadata,
+            "step_number": source.step_number,
+        },
+        execution_id=execution_id,
+        what="checkpoint",
+    )
+    owner = worker_id or default_worker_id()
+    head = await acquire_lease(storage, execution_id, owner, DEFAULT_LEASE_TTL)
+    try:
+        journal = await storage.load_steps_async(execution_id)
+        count = sum(1 for s in journal if s.kind is StepKind.CHECKPOINT and s.key.startswith("manual#"))
+        now = utcnow()
+        entry = StepRecord(
+            execution_id=execution_id,
+            seq=head.next_seq,
+            kind=StepKind.CHECKPOINT,
+            name="checkpoint",
+            key=f"manual#{count + 1}",
+            result=payload,
+            started_at=now,
+            finished_at=now,
+        )
+        await storage.append_step_async(head.noted(entry), entry)
+    finally:
+        await storage.release_lease_async(execution_id, owner)
+    return _point(entry, superseded=False)
 
 
 def _usage_of(steps: list[StepRecord]) -> UsageTotals:

@@ -171,6 +171,8 @@ class ExecutionHandle:
         self.worker_id = worker_id or default_worker_id()
         self.lease_ttl = float(lease_ttl)
         self.wait_for_lease = wait_for_lease
+        self.batch_size = 1
+        """Units per storage write (`DurableAgent(checkpoint_every_n_steps=N)`); see `JournalRun`."""
         self._completed = False
         if debug:
             enable_debug_logging()
@@ -402,6 +404,7 @@ class ExecutionHandle:
         run = JournalRun(
             self.storage, head, journal, debug=self.debug, resolutions=resolutions, allow_changes=allow
         )
+        run.batch_size = self.batch_size
         run.on_unit = on_unit
         await journal_approval_round(run, head.pending, approvals)
         kwargs = dict(target.run_kwargs)

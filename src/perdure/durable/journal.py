@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -159,6 +160,14 @@ class JournalRun:
         self._decisions = sum(1 for step in journal if step.kind is StepKind.DECISION)
         self._live: _LiveUnit | None = None
         self._position = 0
+        self._next_yield = time.monotonic() + _YIELD_EVERY
+        self.batch_size = 1
+        """Units journaled per storage write: above 1, finished units wait in `_pending` until there are
+        this many, or until any other write (bookkeeping, a head save, the attempt's end) flushes them.
+        A crash loses the waiting ones: up to `batch_size - 1` finished units run again."""
+        self._pending: list[StepRecord] = []
+        self._pending_heads: list[ExecutionRecord] = []
+        """The head after each pending unit (a flush split by the backend's `max_batch` needs them)."""
         self._nested: Counter[tuple[str, str]] = Counter()
         self.last_key = ""
         """Key of the unit `run_unit` handled last."""
@@ -255,8 +264,24 @@ class JournalRun:
         if not self._persisted or updated is not None:
             await self.save_head()
 
+    async def flush(self) -> None:
+        """Journal the finished units waiting in the batch (one storage write)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        limit = self.storage.max_batch or len(pending)
+        for start in range(0, len(pending), limit):  # at most the backend's largest batch per write
+            chunk = pending[start : start + limit]
+            head = self.head if start + limit >= len(pending) else self._pending_heads[start + limit - 1]
+            _faults.point("before_journal_write", chunk[-1].kind)
+            await self.storage.append_steps_async(head, chunk)
+            _faults.point("after_journal_write", chunk[-1].kind)
+        self._pending_heads = []
+        self._persisted = True
+
     async def save_head(self) -> None:
         """Store the head as it is now (the attempt start, identity updates)."""
+        await self.flush()
         _faults.point("before_head_save")
         await self.storage.save_state_async(self.head)
         _faults.point("after_head_save")
@@ -312,6 +337,9 @@ class JournalRun:
         metadata): `idempotent` (tools, default True), `retry` (a `RetryPolicy`) and
         `circuit_breaker` (a `CircuitBreaker`, model requests).
         """
+        if time.monotonic() >= self._next_yield:  # units that never wait would starve the heartbeat
+            self._next_yield = time.monotonic() + _YIELD_EVERY
+            await asyncio.sleep(0)
         config = config or {}
         key = self.last_key = self._key(unit)
         recorded = self._journal.get(key)
@@ -521,6 +549,7 @@ class JournalRun:
             started_at=now,
             finished_at=now,
         )
+        await self.flush()  # entries reach the journal in seq order
         # A decision answers the pause; markers and attempts only take a journal position.
         new_head = self.head.decided(step) if kind is StepKind.DECISION else self.head.noted(step)
         _faults.point("before_journal_write", step.kind)
@@ -552,6 +581,13 @@ class JournalRun:
             if executed:  # a call resolved as done by an operator took effect, but not here
                 replay = replay.model_copy(update={"executed_tool_calls": replay.executed_tool_calls + 1})
         new_head = head.advanced(step, usage, replay)
+        if self.batch_size > 1 and self.storage.atomic_batches:  # else one write per unit saves nothing
+            self.head = new_head
+            self._pending.append(step)
+            self._pending_heads.append(new_head)
+            if len(self._pending) >= self.batch_size:
+                await self.flush()
+            return
         _faults.point("before_journal_write", step.kind)
         await self.storage.append_step_async(new_head, step)
         _faults.point("after_journal_write", step.kind)
@@ -625,6 +661,10 @@ class JournalRun:
 _RESULT_KINDS = frozenset(
     {StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP, StepKind.CHECKPOINT}
 )
+_YIELD_EVERY = 0.05
+"""Seconds between forced trips through the event loop: a run of units that all complete without
+waiting (fast async steps, SQLite writes, a long replay) would otherwise never let the lease
+heartbeat task run, and the lease could expire under a live attempt."""
 _THREADED = frozenset({StepKind.TOOL_CALL, StepKind.STEP})
 """Units whose body may run user code in a thread (see `_run_body`)."""
 _SCOPE: ContextVar[tuple[str, UnitKeys] | None] = ContextVar("perdure_unit_scope", default=None)

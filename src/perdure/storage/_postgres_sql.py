@@ -83,6 +83,8 @@ class Sql:
     save: str
     update: str
     append: str
+    append_many: str
+    first_taken: str
     refusal: str
     lock_id: str
     lock_head: str
@@ -140,6 +142,16 @@ class Sql:
                 f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
                 f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
             ),
+            # A batch: the same, its rows unnested from one array per column (one statement).
+            append_many=(
+                f"WITH head AS ({update}) "
+                f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
+                f"SELECT %(step_id)s, e.seq, e.kind, e.name, e.key, e.codec, e.payload "
+                f"FROM unnest(%(seqs)s::integer[], %(kinds)s::text[], %(names)s::text[], %(keys)s::text[], "
+                f"%(step_codecs)s::text[], %(step_payloads)s::bytea[]) "
+                f"AS e(seq, kind, name, key, codec, payload) WHERE EXISTS (SELECT FROM head) RETURNING 1"
+            ),
+            first_taken=f"SELECT min(seq) FROM {s} WHERE execution_id = %s AND seq = ANY(%s::integer[])",
             refusal=(
                 f"SELECT (SELECT lease_owner FROM {h} WHERE execution_id = %(id)s), "
                 f"EXISTS (SELECT FROM {h} WHERE execution_id = %(id)s), "

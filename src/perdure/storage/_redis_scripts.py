@@ -134,7 +134,8 @@ return {'ok'}
 """
 )
 
-# ARGV: id, owner, codec, payload, status, score, ttl_ms, seq, entry
+# ARGV: id, owner, codec, payload, status, score, ttl_ms, seq of the first entry, entry... (one entry
+# for a step, several for a batch: consecutive seqs from the first).
 _LUA_APPEND = (
     _LUA_COMMON
     + """
@@ -143,14 +144,24 @@ if refused then
   return refused
 end
 local seq = tonumber(ARGV[8])
+local count = #ARGV - 8
 local length = redis.call('LLEN', KEYS[2])
 if length ~= seq then
-  -- A client retry of this very write whose reply was lost finds its own entry last: done already.
-  if length ~= seq + 1 or redis.call('LINDEX', KEYS[2], seq) ~= ARGV[9] then
+  -- A client retry of this very write whose reply was lost finds its own entries last: done already.
+  if length ~= seq + count then
     return {'conflict', length}
   end
+  local stored = redis.call('LRANGE', KEYS[2], seq, -1)
+  for i = 1, count do
+    if stored[i] ~= ARGV[8 + i] then
+      return {'conflict', length}
+    end
+  end
 else
-  redis.call('RPUSH', KEYS[2], ARGV[9])
+  -- RPUSH takes many values; pushed in slices so that no batch outgrows Lua's stack for `unpack`.
+  for first = 9, #ARGV, 256 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 255, #ARGV)))
+  end
 end
 put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
 return {'ok'}

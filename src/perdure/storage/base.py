@@ -12,6 +12,14 @@ the engine treats the journal as the source of truth when it resumes (a journale
 lost, so its unit never runs again). A second writer of the same journal sequence must fail with
 `StepConflictError` rather than overwrite.
 
+`append_steps_async` journals several consecutive entries and the head after the last of them in one
+write (one transaction, one script call, one `write` and one fsync), so that the engine can journal
+N units with one commit instead of N. Every built-in backend writes a batch atomically (SQL, Redis,
+memory) or, for the file backend, as one append before the head, so that a crash leaves the journal
+at most one batch ahead of the head (`journal_may_lead_head`). A custom backend that does not
+override it gets a default that appends entry by entry: each entry atomic with a head that counts
+it, which is crash-safe but not one write (`atomic_batches` says which a backend does).
+
 Leases make one worker the only writer of an execution. The lease (owner id and expiry) is stored
 apart from the head body: `save_state_async` and `append_step_async` never change it, and
 `load_state_async` / `list_executions_async` return heads whose `lease_owner` / `lease_expires_at`
@@ -34,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from .._sync import run_sync
-from ..codec import decode_step
+from ..codec import decode_step, encode_head, encode_step
 from ..errors import (
     CorruptRecordError,
     ExecutionLeasedError,
@@ -104,7 +112,9 @@ class DurableExecutionStorage(ABC):
 
     Implement the abstract `*_async` methods; the sync twins, `get_stats` and `cleanup` helpers are
     derived from them. Override `get_stats_async`, `list_executions_async` and
-    `cleanup_old_executions_async` when the backend can answer them from an index.
+    `cleanup_old_executions_async` when the backend can answer them from an index, and
+    `append_steps_async` (with `atomic_batches = True`) when it can write several journal entries
+    and a head in one atomic write.
     """
 
     backend_name: ClassVar[str] = "custom"
@@ -113,10 +123,30 @@ class DurableExecutionStorage(ABC):
     journal_may_lead_head: ClassVar[int] = 0
     """How many journal entries a crash may leave beyond the head's `next_seq`.
 
-    0 for backends that write the journal entry and the head atomically (SQL, Redis, memory). The
-    file backend appends the entry before it replaces the head, so it may leave 1. Any other
-    difference between the journal and the head (entries missing, gaps) is corruption, and the
-    engine refuses to run the execution (`CorruptRecordError`) rather than run lost units again.
+    0 for backends that write the journal entries and the head atomically (SQL, Redis, memory). The
+    file backend appends the entries of a write (one step, or a batch of `append_steps_async`) before
+    it replaces the head, so a crash may leave up to one batch: it accepts batches of at most
+    `max_batch` entries and sets both to 64. Any other difference between the journal and the head
+    (entries missing, gaps, a longer lead) is corruption, and the engine refuses to run the execution
+    (`CorruptRecordError`) rather than run lost units again.
+    """
+
+    atomic_batches: ClassVar[bool] = False
+    """Whether `append_steps_async` writes a whole batch in one atomic write (see there).
+
+    True for every built-in backend (for the file backend: atomic up to its crash window,
+    `journal_may_lead_head`). False for the default implementation a custom backend inherits, which
+    appends entry by entry: a crash or an I/O error inside a batch may leave a prefix of it
+    written, each entry with a head that counts it. Batching then saves nothing: the engine may as
+    well append unit by unit with its own exact heads.
+    """
+
+    max_batch: ClassVar[int | None] = None
+    """The most entries one `append_steps_async` call takes (None: no bound); longer is `UserError`.
+
+    The file backend bounds it (64) because a crash may leave a whole batch in the journal ahead of
+    the head, and the engine tolerates no more than `journal_may_lead_head` such entries: callers
+    split longer batches into batches of `max_batch`.
     """
 
     # ---- the contract -------------------------------------------------------------------------
@@ -156,6 +186,49 @@ class DurableExecutionStorage(ABC):
         record whose `lease_owner` is set (a write of a running attempt) requires the head to exist;
         only an unleased `save_state_async` of a new id creates an execution.
         """
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Append the consecutive entries `steps` to the journal and store `record` as the new head.
+
+        `steps` are entries of `record.execution_id` with consecutive seqs, in order; `record` is the
+        head after the last of them (the engine's has `next_seq` = last seq + 1; like
+        `append_step_async`, the storage does not check it). The guarantees are those of
+        `append_step_async`, for the batch as a whole: the entries and the head are one atomic write;
+        it is fenced by the lease (`LeaseLostError`); it never creates an execution
+        (`ExecutionNotFoundError`, or `ExecutionDeletedError` after a delete); `StepConflictError`
+        when any of the seqs is journaled already (naming the first journaled one where the backend
+        can tell, else the batch's first seq), or, on backends that refuse gaps, when the first seq
+        is not the journal's next one. A byte-identical retry of a batch whose reply was lost may
+        succeed as a no-op (Redis). A refusal, and any error raised before the write (an entry or
+        head that cannot be encoded, `SerializationError`), writes nothing: no entry, and the head
+        stays as it was. An empty `steps`, entries of another execution, seqs that are not
+        consecutive, or more than `max_batch` entries raise `UserError` and write nothing (a head
+        alone is written with `save_state_async`).
+
+        Where the medium cannot write two things atomically (the file backend), the entries are
+        appended in one write and made durable before the head is replaced, so a crash leaves the
+        journal ahead of the head by at most the batch, never behind: `journal_may_lead_head`
+        covers it, and the journal is what the engine resumes from. A crash in the middle of that
+        one write (power loss) may leave a prefix of the batch, its last line torn: the torn line is
+        cut off like the torn line of a single append, the complete entries before it stay.
+
+        The default implementation, for custom backends that do not override it, is NOT one write:
+        it checks the batch and encodes every entry and the head first (so a malformed batch or an
+        unstorable value writes nothing), then calls `append_step_async` once per entry, each with
+        `record` as the head but `next_seq` = that entry's seq + 1. Every write is atomic and the
+        head never lags the journal, so it is crash-safe for the engine, but a crash, an I/O error
+        or a refusal that only shows at the second entry or later (a lease taken over, a seq that
+        a concurrent writer journaled meanwhile) leaves the entries before it written, under a head
+        that counts them and whose other fields are already `record`'s. Such backends report
+        `atomic_batches = False`; override this method with one atomic write to make it True.
+        """
+        batch = self._batch(record, steps)
+        encode_head(record)  # refuse an unstorable head or entry before the first write
+        for step in batch:
+            encode_step(step)
+        for step in batch[:-1]:
+            await self.append_step_async(record.model_copy(update={"next_seq": step.seq + 1}), step)
+        await self.append_step_async(record, batch[-1])
 
     @abstractmethod
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
@@ -245,6 +318,39 @@ class DurableExecutionStorage(ABC):
 
     # ---- helpers for backends ----------------------------------------------------------------
 
+    def _batch(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> list[StepRecord]:
+        """The entries of an `append_steps_async` call, checked: `UserError` unless they form a batch.
+
+        A batch is 1 to `max_batch` entries of `record`'s execution with consecutive seqs, in order.
+        """
+        batch = list(steps)
+        execution_id = record.execution_id
+        if not batch:
+            raise UserError(
+                f"append_steps_async of execution {execution_id!r} got no journal entries; write a head "
+                f"alone with save_state_async."
+            )
+        if self.max_batch is not None and len(batch) > self.max_batch:
+            raise UserError(
+                f"append_steps_async of execution {execution_id!r} got {len(batch)} entries; the "
+                f"{self.backend_name} backend takes at most {self.max_batch} per batch (its crash "
+                f"window, journal_may_lead_head): split the batch."
+            )
+        first = batch[0].seq
+        for index, step in enumerate(batch):
+            if step.execution_id != execution_id:
+                raise UserError(
+                    f"append_steps_async of execution {execution_id!r} got an entry of execution "
+                    f"{step.execution_id!r} (seq {step.seq}); a batch belongs to one execution."
+                )
+            if step.seq != first + index:
+                seqs = ", ".join(str(s.seq) for s in batch[:20]) + (", ..." if len(batch) > 20 else "")
+                raise UserError(
+                    f"append_steps_async of execution {execution_id!r} got seqs {seqs}; a batch holds "
+                    f"consecutive seqs in order."
+                )
+        return batch
+
     @staticmethod
     def _lease_lost(record: ExecutionRecord, holder: str | None) -> LeaseLostError:
         """The error of a head write or step append fenced off by `holder`'s unexpired lease."""
@@ -305,6 +411,49 @@ class DurableExecutionStorage(ABC):
             raise UserError(f"older_than_days must be >= 0, got {older_than_days!r}.")
         return utcnow() - timedelta(days=older_than_days)
 
+    # ---- the seed's checkpoint backend methods (see perdure.durable.checkpoints) --------------------
+    # Checkpoints are journal entries, so these work on every backend without code of their own. The
+    # checkpoint logic sits in the layer above (perdure.durable) and is imported when first used.
+
+    async def save_checkpoint_async(self, workflow_id: str, checkpoint: Any) -> str:
+        """Journal `checkpoint` (a `perdure.durable.Checkpoint`) as a manual checkpoint; its id.
+
+        The execution must exist and not be running (the write takes its lease).
+        """
+        from ..durable.checkpoints import save_checkpoint_async
+
+        return (await save_checkpoint_async(workflow_id, self, checkpoint)).id
+
+    async def load_checkpoint_async(self, checkpoint_id: str) -> Any:
+        """The `Checkpoint` with this id, None when there is none."""
+        from ..durable.checkpoints import get_checkpoint_async
+        from ..errors import CheckpointNotFoundError, ExecutionNotFoundError
+
+        try:
+            return await get_checkpoint_async(checkpoint_id, self)
+        except (CheckpointNotFoundError, ExecutionNotFoundError):
+            return None
+
+    async def list_checkpoints_async(self, workflow_id: str) -> list[str]:
+        """Ids of the execution's checkpoints in journal order (journaled units and manual ones)."""
+        from ..durable.checkpoints import list_checkpoints_async
+
+        return [point.id for point in await list_checkpoints_async(workflow_id, self)]
+
+    async def delete_checkpoints_async(self, workflow_id: str, before_step: int | None = None) -> int:
+        """Delete the execution's manual checkpoints (those before `before_step` only); how many.
+
+        Journaled units stay: they are what a resume replays (and never removed); a deleted manual
+        checkpoint's entry stays in the journal too, hidden from listings.
+        """
+        from ..durable.checkpoints import delete_checkpoint_async, list_checkpoints_async
+
+        deleted = 0
+        for point in await list_checkpoints_async(workflow_id, self):
+            if point.kind == "manual" and (before_step is None or point.step_index < before_step):
+                deleted += await delete_checkpoint_async(point.id, self)
+        return deleted
+
     # ---- sync twins ---------------------------------------------------------------------------
 
     def save_state(self, record: ExecutionRecord) -> None:
@@ -323,6 +472,10 @@ class DurableExecutionStorage(ABC):
         """Sync twin of `append_step_async`."""
         run_sync(self.append_step_async(record, step))
 
+    def append_steps(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Sync twin of `append_steps_async`."""
+        run_sync(self.append_steps_async(record, steps))
+
     def load_steps(self, execution_id: str) -> list[StepRecord]:
         """Sync twin of `load_steps_async`."""
         return run_sync(self.load_steps_async(execution_id))
@@ -332,6 +485,22 @@ class DurableExecutionStorage(ABC):
     ) -> list[ExecutionRecord]:
         """Sync twin of `list_executions_async`."""
         return run_sync(self.list_executions_async(status, limit))
+
+    def save_checkpoint(self, workflow_id: str, checkpoint: Any) -> str:
+        """Sync twin of `save_checkpoint_async`."""
+        return run_sync(self.save_checkpoint_async(workflow_id, checkpoint))
+
+    def load_checkpoint(self, checkpoint_id: str) -> Any:
+        """Sync twin of `load_checkpoint_async`."""
+        return run_sync(self.load_checkpoint_async(checkpoint_id))
+
+    def list_checkpoints(self, workflow_id: str) -> list[str]:
+        """Sync twin of `list_checkpoints_async`."""
+        return run_sync(self.list_checkpoints_async(workflow_id))
+
+    def delete_checkpoints(self, workflow_id: str, before_step: int | None = None) -> int:
+        """Sync twin of `delete_checkpoints_async`."""
+        return run_sync(self.delete_checkpoints_async(workflow_id, before_step))
 
     def get_stats(self) -> dict[str, Any]:
         """Sync twin of `get_stats_async`."""

@@ -13,17 +13,21 @@ created by the first write; reads of a root that does not exist raise `StorageNo
 
 Crash safety: a journal entry is appended with a single write and fsync'd before the head is
 replaced (temp file, fsync, `os.replace`, fsync of the directory). A crash in the middle of an
-append leaves a torn last line without a newline; readers ignore it and the next append cuts it
-off (a complete last line that only lacks its newline is kept, and the next append finishes it).
-Any other damage, such as a missing or undecodable line before the last, is `CorruptRecordError`.
-A crash between the journal fsync and the head replacement leaves the new entry in the
-journal and the previous head: the journal is authoritative for what ran, the head lags by one
-step. Writers of one execution serialize on an `flock` of the journal, so two processes never
+append leaves a torn last line without a newline; readers ignore it and the next append cuts it off
+(a complete last line that only lacks its newline is kept, and the next append finishes it). Any
+other damage, such as a missing or undecodable line before the last, is `CorruptRecordError`. A
+crash between the journal fsync and the head replacement leaves the new entry in the journal and the
+previous head: the journal is authoritative for what ran, the head lags by one step. A batch
+(`append_steps_async`, at most `max_batch` = 64 entries) is the same with several lines in the one
+write and the one fsync: a crash after it leaves up to the whole batch ahead of the previous head,
+and a power cut during it may leave a prefix of its lines with the last one torn, cut like any torn
+line, so the journal leads the head by at most one batch (`journal_may_lead_head` = 64), never lags
+it. Writers of one execution serialize on an `flock` of the journal, so two processes never
 interleave lines. Lease operations take the same lock, and every head write or append reads the
-lease under it: that is the write fence. The lock is polled without blocking the event loop and given
-up after `lock_timeout` (`StorageLockedError`), so a stuck holder in another process cannot freeze
-this one. Lease expiry is compared on the boot's monotonic clock (see `_clock`): the directory
-serves the processes of one machine. A failed write removes its temp file; a full disk is
+lease under it: that is the write fence. The lock is polled without blocking the event loop and
+given up after `lock_timeout` (`StorageLockedError`), so a stuck holder in another process cannot
+freeze this one. Lease expiry is compared on the boot's monotonic clock (see `_clock`): the
+directory serves the processes of one machine. A failed write removes its temp file; a full disk is
 `StorageUnavailableError`, a read-only or forbidden path `StorageConfigurationError`.
 
 A delete is atomic: under the execution's lock it checks the lease, writes the tombstone (fsync), then
@@ -58,7 +62,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -207,7 +211,9 @@ class FileDurableStorage(DurableExecutionStorage):
     """
 
     backend_name = "file"
-    journal_may_lead_head = 1
+    journal_may_lead_head = 64
+    max_batch = 64
+    atomic_batches = True
 
     def __init__(
         self,
@@ -714,27 +720,47 @@ class FileDurableStorage(DurableExecutionStorage):
                 os.fsync(fd)
         return count, good
 
+    def _line(self, step: StepRecord) -> bytes:
+        return _wrap(*self.codec.encode(encode_step(step))) + b"\n"
+
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Append one journal line (fsync) under the journal lock, then replace the head.
 
         Never creates the execution: without a head it raises `ExecutionNotFoundError` (or
         `ExecutionDeletedError` for a deleted id) and writes nothing.
         """
-        line = _wrap(*self.codec.encode(encode_step(step))) + b"\n"
+        await self._append(record, step.seq, 1, self._line(step))
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Append the lines of every entry in one `write` and one fsync, then replace the head once.
+
+        Refusals (lease, seq, deleted, missing head) are decided under the journal lock before
+        anything is written. A crash after the write leaves the journal up to `max_batch` entries
+        ahead of the head (`journal_may_lead_head`); a power cut during it may leave a prefix of the
+        lines, the last one torn, which readers ignore and the next append cuts off (see the module
+        docstring).
+        """
+        batch = self._batch(record, steps)
+        data = b"".join(self._line(step) for step in batch)
+        await self._append(record, batch[0].seq, len(batch), data)
+
+    async def _append(self, record: ExecutionRecord, seq: int, count: int, data: bytes) -> None:
+        """Append `count` complete journal lines `data`, the first of seq `seq`, then replace the head."""
         head = self._encode_head(record)
+        execution_id = record.execution_id
         async with self._writing(record, create=False) as (directory, fd):
             self._fence(directory, record)
-            count, good = self._journal_state(step.execution_id, fd)
-            if step.seq != count:
-                raise StepConflictError(step.execution_id, step.seq)
-            _faults.point("before_journal_line", tear=(fd, line))
-            _write_all(fd, line)
+            lines, good = self._journal_state(execution_id, fd)
+            if seq != lines:
+                raise StepConflictError(execution_id, seq)
+            _faults.point("before_journal_line", tear=(fd, data))
+            _write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
             ino = os.fstat(fd).st_ino
             with self._cache_lock:
-                size = good + len(line)
-                self._journal_cache[step.execution_id] = (ino, size, count + 1, size)
+                size = good + len(data)
+                self._journal_cache[execution_id] = (ino, size, lines + count, size)
             self._write_head(directory, head)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from ..codec import decode_head, decode_step, encode_head, encode_step
@@ -30,6 +30,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
     """
 
     backend_name = "memory"
+    atomic_batches = True
 
     def __init__(self) -> None:
         self._heads: dict[str, bytes] = {}
@@ -167,6 +168,20 @@ class InMemoryDurableStorage(DurableExecutionStorage):
                 raise StepConflictError(step.execution_id, step.seq)
             journal.append(entry)
             self._heads[record.execution_id] = head
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Append every entry and replace the head under one hold of the lock: all of it or nothing."""
+        batch = self._batch(record, steps)
+        head, entries = encode_head(record), [encode_step(step) for step in batch]
+        execution_id = record.execution_id
+        with self._lock:
+            self._writable(record, create=False)
+            self._fence(record)
+            journal = self._journals.setdefault(execution_id, [])
+            if batch[0].seq != len(journal):
+                raise StepConflictError(execution_id, batch[0].seq)
+            journal.extend(entries)
+            self._heads[execution_id] = head
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         with self._lock:

@@ -9,9 +9,10 @@ race.
 
 Every write is one SQL statement on an autocommit connection: its own transaction, one round trip. A
 step append is a data-modifying CTE that upserts the head and inserts the journal row only if the head
-write went through; the head upsert is fenced by the lease in its `ON CONFLICT ... WHERE`, which
-PostgreSQL evaluates on the row it locked, and the journal's primary key refuses a duplicate seq and
-aborts the whole statement. Writes of a running attempt (`lease_owner` set) and step appends only
+write went through (a batch of steps inserts all its rows, unnested from arrays, in the same CTE);
+the head upsert is fenced by the lease in its `ON CONFLICT ... WHERE`, which PostgreSQL evaluates on
+the row it locked, and the journal's primary key refuses a duplicate seq and aborts the whole
+statement. Writes of a running attempt (`lease_owner` set) and step appends only
 UPDATE the head, so they never re-create a deleted execution. Creating a head and deleting one are short
 transactions that take a per-execution advisory lock; a delete also locks the head row, so it is atomic
 with lease acquisition and with every write. Lease expiry is compared with the server's
@@ -119,6 +120,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
     """
 
     backend_name = _BACKEND
+    atomic_batches = True
 
     def __init__(
         self,
@@ -511,6 +513,34 @@ class PostgresDurableStorage(DurableExecutionStorage):
             "step_payload": payload,
         }
         if not await self._query(self._sql.append, params, record.execution_id, step):
+            raise await self._refused(record)
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Fenced head update and every journal insert in one statement: all of them happen or none.
+
+        The entries travel as one array per column (`unnest`), so a batch is one round trip and one
+        commit; a seq that is journaled already aborts the whole statement.
+        """
+        batch = self._batch(record, steps)
+        encoded = [self.codec.encode(encode_step(step)) for step in batch]
+        params = {
+            **self._head_params(record),
+            "step_id": record.execution_id,
+            "seqs": [step.seq for step in batch],
+            "kinds": [step.kind.value for step in batch],
+            "names": [step.name for step in batch],
+            "keys": [step.key for step in batch],
+            "step_codecs": [codec for codec, _ in encoded],
+            "step_payloads": [payload for _, payload in encoded],
+        }
+        try:
+            written = await self._query(self._sql.append_many, params, record.execution_id, batch[0])
+        except StepConflictError as exc:  # name the first journaled seq (only on this error path)
+            seqs = params["seqs"]
+            rows = await self._query(self._sql.first_taken, (record.execution_id, seqs), record.execution_id)
+            taken = rows[0][0] if rows and rows[0][0] is not None else batch[0].seq
+            raise StepConflictError(record.execution_id, taken) from exc.__cause__
+        if not written:
             raise await self._refused(record)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:

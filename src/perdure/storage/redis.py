@@ -225,11 +225,13 @@ class RedisDurableStorage(DurableExecutionStorage):
     a fraction of a second, then raised as `StorageUnavailableError`. A retried step append whose
     first attempt was applied but whose reply was lost finds its own entry (byte-identical, last in
     the journal) and succeeds instead of reporting a conflict; any other writer of that seq gets
-    `StepConflictError`.
+    `StepConflictError`. A batch (`append_steps_async`) is one call of the same script with several
+    entries, and a retried batch likewise finds all of its entries last.
 
     """
 
     backend_name = "redis"
+    atomic_batches = True
 
     def __init__(
         self,
@@ -495,13 +497,24 @@ class RedisDurableStorage(DurableExecutionStorage):
         return bool(reply[1])
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:  # noqa: D102
-        codec, payload = self.codec.encode(encode_step(step))
-        args = [*self._head_args(record), str(step.seq), codec.encode() + b":" + payload]
+        await self._append(record, [step])
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Every journal entry and the head in one script call (atomic: all of it or nothing)."""
+        await self._append(record, self._batch(record, steps))
+
+    async def _append(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Run the append script for consecutive entries `steps` and the head `record`."""
+        entries = []
+        for step in steps:
+            codec, payload = self.codec.encode(encode_step(step))
+            entries.append(codec.encode() + b":" + payload)
+        args = [*self._head_args(record), str(steps[0].seq), *entries]
         keys = self._keys.execution(record.execution_id)
         reply = await self._script("append", keys, args, record.execution_id)
         self._check_write(record, reply)
-        if reply[0] == b"conflict":
-            raise StepConflictError(step.execution_id, step.seq)
+        if reply[0] == b"conflict":  # the first seq is journaled already, or would leave a gap
+            raise StepConflictError(steps[0].execution_id, steps[0].seq)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:  # noqa: D102
         key = self._keys.journal(execution_id)

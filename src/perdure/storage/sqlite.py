@@ -5,9 +5,11 @@ tombstones of deleted executions (their writes are refused until cleanup purges 
 `<table>_tombstones`. The file is created by the first write; other operations on a file that does
 not exist raise `StorageNotFoundError` and create nothing.
 A step is one `BEGIN IMMEDIATE` transaction holding the journal insert and the head upsert, so a
-crash leaves both or neither. The lease lives in two columns of the heads table that head
-upserts never touch; the upsert's `WHERE` clause is the write fence. Lease expiry is compared on
-the boot's monotonic clock (see `_clock`), so a wall-clock step neither frees nor extends a lease.
+crash leaves both or neither; a batch of steps (`append_steps_async`) is one such transaction with
+all its inserts (`executemany`): one commit for the batch. The lease lives in two columns of the
+heads table that head upserts never touch; the upsert's `WHERE` clause is the write fence. Lease
+expiry is compared on the boot's monotonic clock (see `_clock`), so a wall-clock step neither frees
+nor extends a lease.
 WAL mode lets readers run while a writer commits, and `busy_timeout` makes concurrent writers from
 other processes wait (then fail with `StorageLockedError`) instead of failing at once; it stays well
 under a lease's time so a stuck writer cannot outlive the heartbeat. Connections come from a small
@@ -119,6 +121,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
     """
 
     backend_name = "sqlite"
+    atomic_batches = True
 
     def __init__(
         self,
@@ -211,6 +214,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             f"SELECT codec, payload, lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
         )
         self._sql_load_steps = f"SELECT seq, codec, payload FROM {s} WHERE execution_id = ? ORDER BY seq"
+        self._sql_first_taken = f"SELECT min(seq) FROM {s} WHERE execution_id = ? AND seq BETWEEN ? AND ?"
         self._sql_delete_head = f"DELETE FROM {t} WHERE execution_id = ?"
         self._sql_delete_steps = f"DELETE FROM {s} WHERE execution_id = ?"
         self._sql_all_heads = f"SELECT execution_id, codec, payload, lease_owner, lease_expires FROM {t}"
@@ -561,25 +565,48 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         conn.executemany(self._sql_delete_head, [(i,) for i in ids])
         conn.executemany(self._sql_tomb_put, [(i, deleted_at) for i in ids])
 
+    def _step_row(self, step: StepRecord) -> tuple[Any, ...]:
+        codec, payload = self.codec.encode(encode_step(step))
+        return (step.execution_id, step.seq, step.kind.value, step.name, step.key, codec, payload)
+
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Insert the journal entry and upsert the head in one immediate transaction."""
-        codec, payload = self.codec.encode(encode_step(step))
-        step_row = (step.execution_id, step.seq, step.kind.value, step.name, step.key, codec, payload)
+        self._append(record, [self._step_row(step)])
+
+    async def append_steps_async(self, record: ExecutionRecord, steps: Sequence[StepRecord]) -> None:
+        """Insert every journal entry (`executemany`) and update the head in one immediate transaction.
+
+        One commit (one WAL sync at `synchronous=FULL`) for the whole batch; a refusal or a seq that
+        is journaled already rolls all of it back.
+        """
+        batch = self._batch(record, steps)
+        self._append(record, [self._step_row(step) for step in batch])
+
+    def _append(self, record: ExecutionRecord, rows: list[tuple[Any, ...]]) -> None:
+        """The journal rows `rows` (seqs in order) and the head `record`, in one transaction."""
         head_row = self._head_row(record)
+        execution_id = record.execution_id
 
         def append(conn: sqlite3.Connection) -> None:
             # The head first: an append never creates it, and a refused head write inserts nothing.
             self._fenced(conn, record, head_row, create=False)
-            conn.execute(self._sql_insert_step, step_row)
+            if len(rows) == 1:
+                conn.execute(self._sql_insert_step, rows[0])
+            else:
+                conn.executemany(self._sql_insert_step, rows)
 
         try:
             self._ready(create=False)
         except StorageNotFoundError as exc:
-            raise self._not_found(record.execution_id) from exc
+            raise self._not_found(execution_id) from exc
         try:
-            self._transaction(step.execution_id, append)
-        except sqlite3.IntegrityError as exc:  # the seq is already journaled
-            raise StepConflictError(step.execution_id, step.seq) from exc
+            self._transaction(execution_id, append)
+        except sqlite3.IntegrityError as exc:  # a seq is already journaled: nothing was written
+            seq = rows[0][1]
+            if len(rows) > 1:  # name the first journaled one (only on this error path: one read)
+                found = self._read(self._sql_first_taken, (rows[0][0], seq, rows[-1][1]), execution_id)
+                seq = found[0][0] if found and found[0][0] is not None else seq
+            raise StepConflictError(rows[0][0], seq) from exc
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
         """Read the journal in sequence order; a gap in the seqs is `CorruptRecordError`."""

@@ -16,7 +16,7 @@ from typing import Literal
 from .._sync import run_sync
 from ..errors import UserError
 from ..storage.base import DurableExecutionStorage
-from . import _deletes, _journal, _leases, _storage  # noqa: F401 - they register the checks
+from . import _batches, _deletes, _journal, _leases, _storage  # noqa: F401 - they register the checks
 from ._checks import (
     CHECKS,
     Check,
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 _GROUPS = (
-    *("head", "step", "journal", "delete", "list", "stats", "cleanup", "lease", "sync_twins"),
+    *("head", "step", "journal", "batch", "delete", "list", "stats", "cleanup", "lease", "sync_twins"),
     *("corrupt_record", "newer_schema", "persistence"),
 )
 _ORDER = sorted(
@@ -114,7 +114,7 @@ class ConformanceReport:
         raise KeyError(name)
 
     def summary(self) -> str:
-        """One line: `all 31 properties passed`, or the counts and the failed names."""
+        """One line: `all 36 properties passed`, or the counts and the failed names."""
         total = len(self.results)
         if len(self.passed) == total:
             return f"{self.storage}: all {total} properties passed"

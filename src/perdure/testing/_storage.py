@@ -112,6 +112,12 @@ def _sync_round(storage: DurableExecutionStorage, tag: str) -> None:
     storage.append_step(second, step(eid, 0))
     expect_equal(storage.load_state(eid), second, f"load_state after append_step ({tag})")
     expect_equal([e.seq for e in storage.load_steps(eid)], [0], f"load_steps ({tag})")
+    third = head(eid, 3, status=ExecutionStatus.PAUSED)
+    storage.append_steps(third, [step(eid, 1), step(eid, 2)])
+    expect_equal(storage.load_state(eid), third, f"load_state after append_steps ({tag})")
+    expect_equal(
+        [e.seq for e in storage.load_steps(eid)], [0, 1, 2], f"load_steps after append_steps ({tag})"
+    )
     expect_equal([r.execution_id for r in storage.list_executions()], [eid], f"list_executions ({tag})")
     expect_equal(
         [r.execution_id for r in storage.list_executions(ExecutionStatus.PAUSED, limit=1)],

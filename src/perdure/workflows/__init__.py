@@ -22,8 +22,10 @@ from __future__ import annotations
 from ._define import Step, Workflow, step, workflow
 from ._graph import run_graph
 from ._primitives import now, random, save_state, sleep, sleep_until, state
+from ._stateful import StatefulWorkflow
 
 __all__ = [
+    "StatefulWorkflow",
     "Step",
     "Workflow",
     "now",
