@@ -413,21 +413,21 @@ class DurableExecutionStorage(ABC):
 
     # ---- the seed's checkpoint backend methods (see perdure.durable.checkpoints) --------------------
     # Checkpoints are journal entries, so these work on every backend without code of their own. The
-    # checkpoint logic sits in the layer above (perdure.durable) and is imported when first used.
+    # stored side of checkpoints is `perdure.storage._checkpoints` (imported when first used).
 
     async def save_checkpoint_async(self, workflow_id: str, checkpoint: Any) -> str:
         """Journal `checkpoint` (a `perdure.durable.Checkpoint`) as a manual checkpoint; its id.
 
         The execution must exist and not be running (the write takes its lease).
         """
-        from ..durable.checkpoints import save_checkpoint_async
+        from ._checkpoints import save_checkpoint_async
 
         return (await save_checkpoint_async(workflow_id, self, checkpoint)).id
 
     async def load_checkpoint_async(self, checkpoint_id: str) -> Any:
         """The `Checkpoint` with this id, None when there is none."""
-        from ..durable.checkpoints import get_checkpoint_async
         from ..errors import CheckpointNotFoundError, ExecutionNotFoundError
+        from ._checkpoints import get_checkpoint_async
 
         try:
             return await get_checkpoint_async(checkpoint_id, self)
@@ -436,7 +436,7 @@ class DurableExecutionStorage(ABC):
 
     async def list_checkpoints_async(self, workflow_id: str) -> list[str]:
         """Ids of the execution's checkpoints in journal order (journaled units and manual ones)."""
-        from ..durable.checkpoints import list_checkpoints_async
+        from ._checkpoints import list_checkpoints_async
 
         return [point.id for point in await list_checkpoints_async(workflow_id, self)]
 
@@ -446,7 +446,7 @@ class DurableExecutionStorage(ABC):
         Journaled units stay: they are what a resume replays (and never removed); a deleted manual
         checkpoint's entry stays in the journal too, hidden from listings.
         """
-        from ..durable.checkpoints import delete_checkpoint_async, list_checkpoints_async
+        from ._checkpoints import delete_checkpoint_async, list_checkpoints_async
 
         deleted = 0
         for point in await list_checkpoints_async(workflow_id, self):
