@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from perdure.settings import reset_settings
 from perdure.storage import DurableExecutionStorage
 from support.server_postgres import postgres_dsn  # noqa: F401 - session fixture
 from support.server_redis import redis_url  # noqa: F401 - session fixture
 from support.storages import BACKENDS, PERSISTENT, Factory, make_factory
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """Each test reads perdure's settings from its own environment and directory (they are cached)."""
+    reset_settings()
+    yield
+    reset_settings()
 
 
 @pytest.fixture(params=BACKENDS)

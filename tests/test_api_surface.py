@@ -83,6 +83,7 @@ PUBLIC_MODULES = [
     "perdure.models.scripted",
     "perdure.records",
     "perdure.registry",
+    "perdure.settings",
     "perdure.storage.base",
     "perdure.storage.file",
     "perdure.storage.memory",

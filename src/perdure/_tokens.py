@@ -24,7 +24,8 @@ unauthenticated bytes (JSON, the execution id, the expiry) is ever parsed or act
 is an `InvalidResumeTokenError`; a signature mismatch does not say whether the key or the token was
 wrong, and the error names the execution only once the signature proved the token genuine.
 
-The key comes from the caller or from the `PERDURE_SECRET_KEY` environment variable; there is no
+The key comes from the caller, the `PERDURE_SECRET_KEY` environment variable or the `secret_key` of
+perdure's settings files (`perdure.settings`); there is no
 default key, because a built-in key would let anyone who can read perdure's source mint tokens.
 Only the standard library is used (no pickle, no eval): the payload is a JSON array of plain values.
 """
@@ -102,7 +103,7 @@ class TokenClaims:
 
 
 def secret_key(key: str | bytes | None = None) -> bytes:
-    """Return the signing key: `key` if given, else the `PERDURE_SECRET_KEY` environment variable.
+    """Return the signing key: `key` if given, else `PERDURE_SECRET_KEY` (environment, then settings files).
 
     There is deliberately no fallback key: a default would be the same in every installation, so
     tokens signed with it would be forgeable by anyone. A str key is used as its UTF-8 bytes.
@@ -122,6 +123,15 @@ def secret_key(key: str | bytes | None = None) -> bytes:
     if key is None:
         key = os.environ.get(SECRET_KEY_ENV)
         source = f"in the {SECRET_KEY_ENV} environment variable"
+        if key is None:  # not in the environment: perdure.toml or [tool.perdure] of pyproject.toml
+            from .settings import settings
+
+            configured = settings()
+            # The environment is read above, always afresh: cached settings that took the key from
+            # a variable since removed must not keep it alive.
+            if configured.secret_key is not None and configured.origins["secret_key"] != "environment":
+                key = configured.secret_key.get_secret_value()
+            source = "in perdure's settings (secret_key)"
         if not key:
             state = "is empty" if key == "" else "is not set"
             raise UserError(f"Resume tokens need a secret key, but {SECRET_KEY_ENV} {state}. {_KEY_HINT}")

@@ -23,7 +23,6 @@ from ..durable.capability import PerdureDurability
 from ..durable.circuit import CircuitBreaker
 from ..durable.engine import AgentFactory, ResumeTarget, enable_debug_logging
 from ..durable.execution import DurableExecution
-from ..durable.leases import DEFAULT_LEASE_TTL
 from ..durable.retry import RetryPolicy
 from ..errors import UserError
 from ..models import model_to_string, resolve_model
@@ -71,7 +70,7 @@ class AgentCore:
         circuit_breaker: CircuitBreaker | None = None,
         db: Database | None = None,
         worker_id: str | None = None,
-        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_ttl: float | None = None,
         print: bool = False,
     ) -> None:
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
@@ -81,7 +80,7 @@ class AgentCore:
                 raise UserError(f"Agent({label}=...) takes a RetryPolicy, got {policy!r}.")
         if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
             raise UserError(f"Agent(circuit_breaker=...) takes a CircuitBreaker, got {circuit_breaker!r}.")
-        if not lease_ttl > 0:
+        if lease_ttl is not None and not lease_ttl > 0:
             raise UserError(f"lease_ttl must be > 0 seconds, got {lease_ttl!r}.")
         self.model = model
         self.name = name
@@ -99,7 +98,7 @@ class AgentCore:
         self.circuit_breaker = circuit_breaker
         self.db = db
         self.worker_id = worker_id
-        self.lease_ttl = float(lease_ttl)
+        self.lease_ttl = None if lease_ttl is None else float(lease_ttl)
         self._agent_run_output: AgentRunOutput | None = None
         if debug:
             enable_debug_logging()

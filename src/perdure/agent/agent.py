@@ -50,8 +50,9 @@ class Agent(AgentEntryPoints):
         db: A `perdure.db` database (e.g. `SqliteDatabase`): every task becomes durable in its storage,
             with its session and user ids recorded, and `continue_run(run_id=...)` finds runs there.
         worker_id: Lease owner id of the executions this agent opens (default `host:pid:random`).
-        lease_ttl: Lease time of the executions this agent opens. A `DurableExecution` the caller
-            attached to a task keeps its own `worker_id` and `lease_ttl`.
+        lease_ttl: Lease time of the executions this agent opens (default: `PERDURE_LEASE_TTL`).
+            A `DurableExecution` the caller attached to a task keeps its own `worker_id` and
+            `lease_ttl`.
         print: Accepted for compatibility with the seed API (Upsonic's `print=`); perdure prints
             nothing by itself either way (use `debug=True` for log lines).
 

@@ -4,10 +4,12 @@ r"""The `perdure` command: a recovery worker and a few operator commands.
     perdure [--debug] list   --storage URL [--status S] [--limit N] [--json]
     perdure [--debug] stats  --storage URL [--json]
     perdure [--debug] show   --storage URL EXECUTION_ID [--steps N] [--json]
+    perdure [--debug] config [--json]
 
-`--storage` also reads `PERDURE_STORAGE`, `--app` also reads `PERDURE_APP`, `--debug` also reads
-`PERDURE_DEBUG=1`. The logic lives in `perdure.durable.worker` and `perdure.durable.recovery`; this
-package only parses and prints.
+`--storage` also reads `PERDURE_STORAGE` and defaults to the `PERDURE_STORAGE_URL` setting (see
+`perdure.settings`; `perdure config` shows the effective settings), `--app` also reads
+`PERDURE_APP`, `--debug` also reads `PERDURE_DEBUG=1`. The logic lives in `perdure.durable.worker`
+and `perdure.durable.recovery`; this package only parses and prints.
 
 Errors are one line on stderr, `error: <message>` (`--debug` adds the traceback), with exit codes
 2 for usage errors (bad option, `--app` that is not an agent, invalid storage URL or configuration),
@@ -21,7 +23,8 @@ such as `\x1b`, so a record cannot drive the operator's terminal. `--json` outpu
 
 Modules, one concept each, importing only in this direction: `_format` (escaping untrusted text)
 <- `_app` (the typer app, `--debug`, errors and exit codes) <- `_resolve` (`--app`) <- `_worker`
-(`perdure worker`); `_inspect` (`list`, `stats`, `show`) uses `_app` and `_format`. This module
+(`perdure worker`); `_inspect` (`list`, `stats`, `show`) and `_config` (`config`) use `_app` and
+`_format`. This module
 imports the command modules, which registers the commands on `app`, and re-exports the names callers
 and tests use. `storage_from_url` and `Worker` are looked up here when a command runs, so
 `monkeypatch.setattr(perdure.cli, "Worker", Fake)` still replaces them.
@@ -39,6 +42,9 @@ from ._worker import worker as worker
 from ._inspect import list_executions as list_executions
 from ._inspect import show as show
 from ._inspect import stats as stats
+
+# isort: split
+from ._config import config as config
 
 # isort: split
 from ..durable.worker import Worker as Worker

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ..errors import PerdureError, StorageNotFoundError, UserError
+from ..settings import apply_log_level, settings
 from ..storage import DurableExecutionStorage, storage_from_url
 from ._format import safe_text
 
@@ -36,6 +37,7 @@ __all__ = [
     "_replaceable",
     "_run",
     "_settings",
+    "_storage_url",
     "_usage",
     "app",
     "main",
@@ -64,12 +66,14 @@ class _Settings:
 _settings = _Settings()
 
 StorageOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--storage",
         "-s",
         envvar="PERDURE_STORAGE",
-        help="Storage URL: sqlite:///path.db, file://DIR, redis://..., postgresql://...",
+        show_default=False,
+        help="Storage URL: sqlite:///path.db, file://DIR, redis://..., postgresql://... "
+        "[default: PERDURE_STORAGE_URL]",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -90,6 +94,27 @@ def _main_options(
     to every command. (The app's `help` text, not this docstring, is what `perdure --help` shows.)
     """
     _settings.debug = debug
+    try:
+        configured = settings(reload=True)  # each invocation reads the environment and files anew
+    except UserError as exc:
+        _usage(exc.message)
+    apply_log_level(configured)
+
+
+def _storage_url(value: str | None) -> str:
+    """The storage URL of a command: `--storage` (or `PERDURE_STORAGE`), else `PERDURE_STORAGE_URL`.
+
+    Neither is a usage error (exit 2).
+    """
+    if value:
+        return value
+    url = settings().storage_url
+    if url is None:
+        _usage(
+            "no storage: pass --storage URL, or set PERDURE_STORAGE_URL (environment, perdure.toml or "
+            "[tool.perdure] in pyproject.toml)"
+        )
+    return url
 
 
 def _usage(message: str) -> NoReturn:
@@ -181,16 +206,16 @@ def _replaceable(name: str, default: T) -> T:
     return value
 
 
-def _open(url: str) -> DurableExecutionStorage:
-    """The storage `url` names; a malformed URL or unknown scheme is a `UserError` (exit 2)."""
-    return _replaceable("storage_from_url", storage_from_url)(url)
+def _open(url: str | None) -> DurableExecutionStorage:
+    """The storage `url` names (see `_storage_url`); a malformed URL or unknown scheme is exit 2."""
+    return _replaceable("storage_from_url", storage_from_url)(_storage_url(url))
 
 
-def _query(url: str, work: Callable[[DurableExecutionStorage], Awaitable[T]]) -> T:
+def _query(url: str | None, work: Callable[[DurableExecutionStorage], Awaitable[T]]) -> T:
     """Open the storage, await `work(storage)`, close the storage; errors end the command.
 
     Args:
-        url: The `--storage` URL.
+        url: The `--storage` URL (None: `PERDURE_STORAGE_URL`).
         work: The read to do; the storage is closed after it, whatever happens.
 
     Returns:

@@ -102,7 +102,7 @@ def _list_table(heads: Sequence[ExecutionRecord], width: int) -> Table:
 
 @app.command("list")
 def list_executions(
-    storage: StorageOption,
+    storage: StorageOption = None,
     status: Annotated[ExecutionStatus | None, typer.Option(help="Only this status.")] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many (newest first).")] = 50,
     as_json: JsonOption = False,
@@ -117,7 +117,7 @@ def list_executions(
 
 
 @app.command()
-def stats(storage: StorageOption, as_json: JsonOption = False) -> None:
+def stats(storage: StorageOption = None, as_json: JsonOption = False) -> None:
     """Count executions by status."""
     data: dict[str, Any] = _query(storage, lambda s: s.get_stats_async())
     if as_json:
@@ -140,8 +140,8 @@ def _pending(head: ExecutionRecord) -> str:
 
 @app.command()
 def show(
-    storage: StorageOption,
     execution_id: Annotated[str, typer.Argument(help="The execution to show.")],
+    storage: StorageOption = None,
     steps: Annotated[int, typer.Option(min=0, help="Show the last N journal entries.")] = 50,
     as_json: JsonOption = False,
 ) -> None:

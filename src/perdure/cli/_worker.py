@@ -20,8 +20,9 @@ from ..durable.recovery import RecoveryOptions, RecoveryReport
 from ..durable.worker import Worker
 from ..errors import StorageNotFoundError, UserError
 from ..records import ExecutionStatus
+from ..settings import settings
 from ..storage import DurableExecutionStorage
-from ._app import EXIT_FAILURE, StorageOption, _open, _quiet, _replaceable, _run, _usage, app
+from ._app import EXIT_FAILURE, StorageOption, _open, _quiet, _replaceable, _run, _storage_url, _usage, app
 from ._format import _SafeFormatter, safe_text
 from ._resolve import build_resolver
 
@@ -90,7 +91,6 @@ async def _probe(store: DurableExecutionStorage, *, once: bool, poll_interval: f
 
 @app.command()
 def worker(
-    storage: StorageOption,
     app_refs: Annotated[
         list[str],
         typer.Option(
@@ -102,9 +102,13 @@ def worker(
             "serve several agents (matched by name).",
         ),
     ],
+    storage: StorageOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Executions resumed at the same time.")] = 1,
     poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls.")] = 5.0,
-    lease_ttl: Annotated[float, typer.Option(min=0.1, help="Lease seconds (renewed by heartbeat).")] = 30.0,
+    lease_ttl: Annotated[
+        float | None,
+        typer.Option(min=0.1, show_default=False, help="Lease seconds, renewed by heartbeat [default: 30]."),
+    ] = None,
     max_attempts: Annotated[int, typer.Option(min=1, help="Attempts before giving up (mark failed).")] = 5,
     delay: Annotated[float, typer.Option(min=0, help="Back-off base seconds between resumes.")] = 0.0,
     timeout: Annotated[float | None, typer.Option(help="Cancel a resume running longer (s).")] = None,
@@ -126,21 +130,33 @@ def worker(
     once: Annotated[
         bool, typer.Option(help="One recovery pass, then exit (1 if any failed or the storage is down).")
     ] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="DEBUG, INFO, WARNING, ERROR [default: INFO]."),
+    ] = None,
 ) -> None:
-    """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM."""
+    """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM.
+
+    `--storage`, `--lease-ttl` and `--log-level` default to perdure's settings (`perdure config`):
+    `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL` and `PERDURE_LOG_LEVEL` (else INFO).
+    """
+    configured = settings()
+    log_level = log_level or configured.log_level or "INFO"
+    lease_ttl = configured.lease_ttl if lease_ttl is None else lease_ttl
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         _usage(f"--log-level: unknown level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
     changes = _allow_changes(allow_changes)
     resolver = build_resolver(app_refs)  # before connecting: a wrong --app never touches the storage
+    url = _storage_url(storage)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("perdure").setLevel(level)
     statuses = [ExecutionStatus.SUCCESS, *([ExecutionStatus.FAILED] if retry_failed else [])]
 
     async def run() -> int:
-        store = _open(storage)
+        store = _open(url)
         try:
             options = RecoveryOptions(
                 max_attempts=max_attempts,

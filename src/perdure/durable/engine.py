@@ -47,8 +47,10 @@ from ..records import (
     TaskSnapshot,
     new_execution_id,
 )
+from ..settings import settings
 from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
+from ..storage.url import storage_from_url
 from ._approvals import approval_pending, continue_round, journal_approval_round
 from ._attempt_end import explain_unregistered_model, record_end
 from ._prechecks import check_decisions, check_durable, check_journal, check_resumable
@@ -136,13 +138,16 @@ class ExecutionHandle:
     """One execution of a storage, and the engine that runs its attempts (see `DurableExecution`).
 
     Args:
-        storage: Where the head record and the journal live; in-memory when omitted.
+        storage: Where the head record and the journal live. When omitted: the storage
+            `PERDURE_STORAGE_URL` names (see `perdure.settings`; opened for this handle, close it
+            with `handle.storage.close()`), else in-memory.
         auto_cleanup: Delete the execution's records once it completed (the seed's default).
         debug: Log every checkpoint and recovery step via the `perdure` logger.
         execution_id: Reuse a known id instead of generating `YYYYmmddHHMMSS-xxxxxxxx`.
         worker_id: Lease owner id of this handle (default `host:pid:random`).
         lease_ttl: Seconds the execution's lease lasts without a heartbeat; a worker that dies is
-            detected (and its execution recoverable) after this long.
+            detected (and its execution recoverable) after this long. Default: `PERDURE_LEASE_TTL`
+            (30 s).
         wait_for_lease: Seconds to wait for another worker's lease instead of raising
             `ExecutionLeasedError` at once (None: do not wait).
 
@@ -159,12 +164,18 @@ class ExecutionHandle:
         debug: bool = False,
         execution_id: str | None = None,
         worker_id: str | None = None,
-        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_ttl: float | None = None,
         wait_for_lease: float | None = None,
     ) -> None:
+        if storage is None or lease_ttl is None:
+            configured = settings()
+            lease_ttl = configured.lease_ttl if lease_ttl is None else lease_ttl
+            if storage is None:
+                url = configured.storage_url
+                storage = storage_from_url(url) if url is not None else InMemoryDurableStorage()
         if not lease_ttl > 0:
             raise UserError(f"lease_ttl must be > 0 seconds, got {lease_ttl!r}.")
-        self.storage: DurableExecutionStorage = storage if storage is not None else InMemoryDurableStorage()
+        self.storage: DurableExecutionStorage = storage
         self.auto_cleanup = auto_cleanup
         self.debug = debug
         self.execution_id: str = execution_id or new_execution_id()

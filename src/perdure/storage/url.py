@@ -139,6 +139,25 @@ _BUILDERS: dict[str, _Builder] = {
 }
 
 
+def _configured(scheme: str, query: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` plus the defaults perdure's settings give where neither they nor the URL say.
+
+    `PERDURE_COMPRESSION` / `PERDURE_COMPRESSION_MIN_BYTES` become the `codec=` of every backend
+    but memory; `PERDURE_TTL` the `ttl=` of Redis.
+    """
+    from ..codec import Codec
+    from ..settings import settings
+
+    configured = settings()
+    extra: dict[str, Any] = {}
+    codec = configured.codec_options()
+    if codec and scheme != "memory" and "codec" not in options:
+        extra["codec"] = Codec(**codec)
+    if configured.ttl is not None and scheme in ("redis", "rediss") and "ttl" not in query | options:
+        extra["ttl"] = configured.ttl
+    return {**extra, **options}
+
+
 def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
     """Return the storage backend a URL names.
 
@@ -147,7 +166,9 @@ def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
             `redis://[:password@]host:port/db?prefix=P&ttl=S` or
             `postgresql://user@host:port/db?table_prefix=P`.
         **options: Extra keyword arguments for the backend's constructor (e.g. `codec=`); they
-            override parameters given in the URL.
+            override parameters given in the URL. Without `codec=`, the codec follows
+            `PERDURE_COMPRESSION` and `PERDURE_COMPRESSION_MIN_BYTES`; a Redis URL without `ttl`
+            takes `PERDURE_TTL` (see `perdure.settings`).
 
     Raises:
         StorageConfigurationError: The scheme is unknown, the URL is malformed (brackets, a NUL
@@ -188,6 +209,7 @@ def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
             f"parameter once."
         )
     path = unquote(parts.netloc + parts.path)
+    options = _configured(scheme, dict(pairs), options)
     try:
         return builder(url, path, dict(pairs), options)
     except UserError as exc:
