@@ -9,7 +9,7 @@ environment, `perdure.toml`, `pyproject.toml`, the defaults.
     storage_url                default storage of `DurableExecution()`, the CLI and the worker
     compression                `zstd` or `none`: default codec of storages built from a URL
     compression_min_bytes      payloads of at least this many bytes are compressed (with zstd)
-    retention_days             days to keep finished executions (read, not yet applied)
+    retention_days             days `cleanup_old_executions()`, `perdure cleanup` and the worker keep
     ttl                        seconds before Redis records expire (completed executions elsewhere: not yet)
     secret_key                 key signing resume tokens (at least 16 bytes)
     lease_ttl                  default lease seconds of an execution
@@ -91,7 +91,7 @@ class PerdureSettings(BaseSettings):
         default=1024, ge=0, description="Payloads of at least this many bytes are compressed."
     )
     retention_days: float | None = Field(
-        default=None, gt=0, description="Days to keep finished executions (not yet applied)."
+        default=None, gt=0, description="Days to keep executions (cleanup default; worker cleanup)."
     )
     ttl: float | None = Field(
         default=None, gt=0, description="Seconds before Redis records expire (default ttl of redis:// URLs)."

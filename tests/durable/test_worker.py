@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from perdure.durable.worker import Worker
-from perdure.records import ExecutionStatus
+from perdure.records import ExecutionRecord, ExecutionStatus
 from perdure.storage import storage_from_url
 from support import worker_app
 from support.paths import SRC
@@ -208,6 +209,32 @@ async def test_worker_in_process_once_and_stop(tmp_path: Path, monkeypatch: pyte
     assert report.skipped["ip-slow"] == "cancelled by worker shutdown"
     head = await storage.load_state_async("ip-slow")
     assert head is not None and head.status is ExecutionStatus.SUCCESS and head.lease_owner is None
+    storage.close()
+
+
+async def test_worker_cleans_up_old_executions_on_a_schedule(tmp_path: Path) -> None:
+    """`retention_days`: an old completed execution goes; an old running one and a recent one stay."""
+    storage = storage_from_url(f"sqlite:///{tmp_path / 'retention.db'}")
+    old = datetime.now(UTC) - timedelta(days=30)
+    for eid in ("old-done", "old-running"):
+        done = ExecutionStatus.COMPLETED if eid == "old-done" else ExecutionStatus.SUCCESS
+        await storage.save_state_async(
+            ExecutionRecord(execution_id=eid, status=done, updated_at=old, created_at=old)
+        )
+    await storage.save_state_async(ExecutionRecord(execution_id="recent", status=ExecutionStatus.COMPLETED))
+    await storage.acquire_lease_async("old-running", "another-worker", 60)
+    worker = Worker(storage, worker_app.agent, poll_interval=0.05, retention_days=7, cleanup_every=3600)
+    task = asyncio.create_task(worker.run_async())
+    for _ in range(200):
+        if worker.cleaned:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # several polls: the next cleanup is an hour away, nothing more goes
+    worker.stop()
+    await asyncio.wait_for(task, 30)
+    assert worker.cleaned == 1
+    assert {h.execution_id for h in await storage.list_executions_async()} == {"old-running", "recent"}
+    assert Worker(storage, worker_app.agent).retention_days is None  # off unless asked for
     storage.close()
 
 

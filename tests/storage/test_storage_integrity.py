@@ -30,6 +30,7 @@ from perdure.errors import (
     StorageNotFoundError,
 )
 from perdure.records import ExecutionRecord, ExecutionStatus, StepKind, StepRecord
+from perdure.settings import reset_settings
 from perdure.storage import (
     DurableExecutionStorage,
     FileDurableStorage,
@@ -116,6 +117,28 @@ async def test_cleanup_skips_running_executions(storage: DurableExecutionStorage
             await storage.save_state_async(_head(eid))
     await storage.release_lease_async("old-running", "w1")
     assert await storage.cleanup_old_executions_async(7) == 1
+
+
+async def test_cleanup_without_argument_reads_retention_days(
+    storage: DurableExecutionStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cleanup_old_executions()` keeps `PERDURE_RETENTION_DAYS` days, else 7, on every backend."""
+    now = datetime.now(UTC)
+    for eid, age in (("ten-days", 10), ("three-days", 3)):
+        await _create(storage, eid, steps=1)
+        when = now - timedelta(days=age)
+        await storage.save_state_async(_head(eid, 1, updated_at=when, created_at=when))
+    await _create(storage, "fresh")
+    monkeypatch.setenv("PERDURE_RETENTION_DAYS", "30")
+    reset_settings()
+    assert await storage.cleanup_old_executions_async() == 0
+    monkeypatch.delenv("PERDURE_RETENTION_DAYS")
+    reset_settings()
+    assert await storage.cleanup_old_executions_async() == 1  # the default: 7 days
+    monkeypatch.setenv("PERDURE_RETENTION_DAYS", "2")
+    reset_settings()
+    assert storage.cleanup_old_executions() == 1
+    assert {h.execution_id for h in await storage.list_executions_async()} == {"fresh"}
 
 
 # ---- 2. tombstones --------------------------------------------------------------------------------

@@ -134,15 +134,29 @@ def worker(
         str | None,
         typer.Option(show_default=False, help="DEBUG, INFO, WARNING, ERROR [default: INFO]."),
     ] = None,
+    retention_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Delete executions last updated more than this many days ago, on a schedule "
+            "[default: PERDURE_RETENTION_DAYS; off when unset].",
+        ),
+    ] = None,
+    cleanup_every: Annotated[
+        float, typer.Option(min=1, help="Seconds between two cleanups (with --retention-days).")
+    ] = 3600.0,
 ) -> None:
     """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM.
 
-    `--storage`, `--lease-ttl` and `--log-level` default to perdure's settings (`perdure config`):
-    `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL` and `PERDURE_LOG_LEVEL` (else INFO).
+    `--storage`, `--lease-ttl`, `--log-level` and `--retention-days` default to perdure's settings
+    (`perdure config`): `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL`, `PERDURE_LOG_LEVEL` (else INFO)
+    and `PERDURE_RETENTION_DAYS` (else no cleanup).
     """
     configured = settings()
     log_level = log_level or configured.log_level or "INFO"
     lease_ttl = configured.lease_ttl if lease_ttl is None else lease_ttl
+    retention_days = configured.retention_days if retention_days is None else retention_days
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         _usage(f"--log-level: unknown level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
@@ -175,6 +189,8 @@ def worker(
                 poll_interval=poll_interval,
                 grace_period=grace_period,
                 options=options,
+                retention_days=retention_days,
+                cleanup_every=cleanup_every,
             )
             await _probe(store, once=once, poll_interval=poll_interval)
             report = await runner.run_async(once=once, handle_signals=True)

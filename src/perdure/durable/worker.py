@@ -14,6 +14,10 @@ running in a thread (a sync tool) cannot be interrupted: the attempt keeps its l
 thread, journals the unit's result and only then gives up, so no other worker can run that unit
 again meanwhile (see `perdure.durable._threads`). A second signal cancels the rest at once; it
 cannot shorten a thread.
+
+Retention: with `retention_days` set, the worker also deletes executions last updated more than
+that many days ago (`cleanup_old_executions_async`, which never touches a leased, running one), at
+start-up and then at most once every `cleanup_every` seconds, logging how many it removed.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Worker:
             `"output"`, `"instructions"`, `"prompt"` (see `perdure.durable.identity`).
         options: All recovery settings at once (the object `recover_interrupted_async` and the CLI
             use too); when given, the individual recovery arguments above are ignored.
+        retention_days: Delete executions last updated more than this many days ago, on a schedule
+            (None, the default: no cleanup; `perdure worker` defaults it to `PERDURE_RETENTION_DAYS`).
+        cleanup_every: Seconds between two cleanups (checked at each poll; default one hour).
 
     """
 
@@ -86,6 +93,8 @@ class Worker:
         statuses: Iterable[ExecutionStatus | str] = (ExecutionStatus.SUCCESS,),
         allow_changes: Iterable[str] = (),
         options: RecoveryOptions | None = None,
+        retention_days: float | None = None,
+        cleanup_every: float = 3600.0,
     ) -> None:
         if concurrency < 1:
             raise UserError(f"concurrency must be >= 1, got {concurrency!r}.")
@@ -93,6 +102,15 @@ class Worker:
             raise UserError(f"poll_interval must be > 0 seconds, got {poll_interval!r}.")
         if grace_period < 0:
             raise UserError(f"grace_period must be >= 0 seconds, got {grace_period!r}.")
+        if retention_days is not None and retention_days < 0:
+            raise UserError(f"retention_days must be >= 0, got {retention_days!r}.")
+        if not cleanup_every > 0:
+            raise UserError(f"cleanup_every must be > 0 seconds, got {cleanup_every!r}.")
+        self.retention_days = None if retention_days is None else float(retention_days)
+        self.cleanup_every = float(cleanup_every)
+        self.cleaned = 0
+        """Executions this worker's scheduled cleanups deleted so far."""
+        self._next_cleanup = 0.0
         self.storage = storage
         self.agent_resolver = agent_resolver
         self.concurrency = concurrency
@@ -209,6 +227,7 @@ class Worker:
         polled = False
         while not self._stopping:
             if not queue and not (once and polled) and time.monotonic() >= next_poll:
+                await self._cleanup_if_due()
                 queue.extend(await self._poll())
                 polled = True
                 next_poll = time.monotonic() + self.poll_interval
@@ -229,6 +248,23 @@ class Worker:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_for)
+
+    async def _cleanup_if_due(self) -> None:
+        """Run the scheduled cleanup when retention is on and `cleanup_every` has passed."""
+        if self.retention_days is None or time.monotonic() < self._next_cleanup:
+            return
+        self._next_cleanup = time.monotonic() + self.cleanup_every
+        try:
+            removed = await self.storage.cleanup_old_executions_async(self.retention_days)
+        except Exception as exc:  # storage down: recovery goes on, the next cleanup tries again
+            logger.error("cleanup of executions older than %g day(s) failed: %s", self.retention_days, exc)
+            return
+        self.cleaned += removed
+        logger.info(
+            "cleanup: removed %d execution(s) last updated more than %g day(s) ago",
+            removed,
+            self.retention_days,
+        )
 
     async def _poll(self) -> list[ExecutionRecord]:
         try:

@@ -53,8 +53,16 @@ from ..errors import (
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+from ..settings import settings
 
-__all__ = ["DurableExecutionStorage", "DurableStorage", "check_journal_seqs", "validate_identifier"]
+__all__ = [
+    "DEFAULT_RETENTION_DAYS",
+    "DurableExecutionStorage",
+    "DurableStorage",
+    "check_journal_seqs",
+    "retention_days",
+    "validate_identifier",
+]
 
 logger = logging.getLogger("perdure.storage")
 
@@ -96,6 +104,18 @@ def check_journal_seqs(execution_id: str, seqs: Sequence[int], *, location: str 
         step=str(missing[0]),
         location=location,
     )
+
+
+DEFAULT_RETENTION_DAYS = 7.0
+"""Days `cleanup_old_executions` keeps executions when neither its argument nor the setting says."""
+
+
+def retention_days(older_than_days: float | None = None) -> float:
+    """`older_than_days` when given, else the `retention_days` setting, else `DEFAULT_RETENTION_DAYS`."""
+    if older_than_days is not None:
+        return float(older_than_days)
+    configured = settings().retention_days
+    return DEFAULT_RETENTION_DAYS if configured is None else float(configured)
 
 
 def stored_seq(payload: bytes) -> int | None:
@@ -298,11 +318,13 @@ class DurableExecutionStorage(ABC):
         """`{"backend", "total_executions", "by_status"}`; `by_status` lists every status."""
         return self._stats((head.status.value, 1) for head in await self._iter_heads_async())
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Delete executions last updated more than `older_than_days` ago; return how many.
 
-        Executions with an unexpired lease are skipped (they are running), and tombstones older than
-        the cutoff are purged (backends override this to do both).
+        `older_than_days=None` (the default) reads the `retention_days` setting
+        (`PERDURE_RETENTION_DAYS`), else `DEFAULT_RETENTION_DAYS` (7); every backend resolves it the
+        same way, in `_cutoff`. Executions with an unexpired lease are skipped (they are running),
+        and tombstones older than the cutoff are purged (backends override this to do both).
         """
         cutoff = self._cutoff(older_than_days)
         deleted = 0
@@ -406,10 +428,12 @@ class DurableExecutionStorage(ABC):
         return float(ttl_seconds)
 
     @staticmethod
-    def _cutoff(older_than_days: float) -> datetime:
-        if older_than_days < 0:
-            raise UserError(f"older_than_days must be >= 0, got {older_than_days!r}.")
-        return utcnow() - timedelta(days=older_than_days)
+    def _cutoff(older_than_days: float | None) -> datetime:
+        """The cutoff of a cleanup; None reads the `retention_days` setting (see `retention_days`)."""
+        days = retention_days(older_than_days)
+        if days < 0:
+            raise UserError(f"older_than_days must be >= 0, got {days!r}.")
+        return utcnow() - timedelta(days=days)
 
     # ---- the seed's checkpoint backend methods (see perdure.durable.checkpoints) --------------------
     # Checkpoints are journal entries, so these work on every backend without code of their own. The
@@ -506,7 +530,7 @@ class DurableExecutionStorage(ABC):
         """Sync twin of `get_stats_async`."""
         return run_sync(self.get_stats_async())
 
-    def cleanup_old_executions(self, older_than_days: float = 7) -> int:
+    def cleanup_old_executions(self, older_than_days: float | None = None) -> int:
         """Sync twin of `cleanup_old_executions_async`."""
         return run_sync(self.cleanup_old_executions_async(older_than_days))
 

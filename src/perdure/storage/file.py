@@ -644,7 +644,7 @@ class FileDurableStorage(DurableExecutionStorage):
         except OSError as exc:
             raise _os_error(exc, execution_id) from exc
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Delete old executions that are not running, finish interrupted deletes, purge old tombstones."""
         cutoff = self._cutoff(older_than_days)
         self._require_root()

@@ -134,7 +134,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         self._tombstones[execution_id] = now
         return True
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Delete old executions without an unexpired lease and purge old tombstones, atomically."""
         cutoff = self._cutoff(older_than_days)
         heads = await self._iter_heads_async()

@@ -602,7 +602,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """Counted by SQL; rows without a known status (damaged heads) are left out of both counts."""
         return self._stats(await self._query(self._sql.stats, (), None))
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Purge old tombstones, then delete old executions that are not running; one transaction.
 
         The old heads without an unexpired lease are locked (rows being written are skipped), then

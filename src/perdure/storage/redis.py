@@ -623,7 +623,7 @@ class RedisDurableStorage(DurableExecutionStorage):
             "redis", f"{self._where}: expiry index did not settle"
         )  # pragma: no cover
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Delete executions whose `updated_at` is older than the cutoff, found by index range.
 
         Executions with an unexpired lease are left alone (they are running); tombstones older than

@@ -638,7 +638,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         """Count by SQL; rows without a known status (damaged heads) are left out of both counts."""
         return self._stats(self._read(self._sql_stats, ()))
 
-    async def cleanup_old_executions_async(self, older_than_days: float = 7) -> int:
+    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
         """Purge old tombstones, then delete old executions that are not running; one transaction.
 
         Executions with an unexpired lease are skipped; each deleted one leaves a tombstone.
