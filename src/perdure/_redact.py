@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REDACTED", "redact"]
+__all__ = ["REDACTED", "mask_url", "redact"]
 
 REDACTED = "***"
 
@@ -83,3 +83,11 @@ def redact(text: str) -> str:
         if any(word in lower for word in triggers):
             text = pattern.sub(_keep, text)
     return text
+
+
+_PASSWORD = re.compile(r"(://[^/?#@:]*:)[^/?#@]*@")
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user info replaced by `***` (for messages and logs)."""
+    return _PASSWORD.sub(r"\1***@", url) if isinstance(url, str) else repr(url)

@@ -274,7 +274,7 @@ def _shown(name: str, value: Any) -> str | None:
     if isinstance(value, SecretStr):
         return "********"
     if name == "storage_url":
-        from .storage.url import mask_url
+        from ._redact import mask_url
 
         return mask_url(str(value))
     if isinstance(value, float) and value.is_integer():

@@ -244,9 +244,10 @@ def test_sqlite_pool_reuses_connections_and_close_releases_them(tmp_path: Path) 
     for t in threads:
         t.join()
     assert store._pool.size <= 2
-    assert _open_fds("p.db") <= 2 * 3  # database, -wal and -shm per pooled connection
+    path = str(tmp_path / "p.db")  # this database only (other tests' files may end in "p.db")
+    assert _open_fds(path) <= 2 * 3  # database, -wal and -shm per pooled connection
     store.close()
-    assert store._pool.size == 0 and _open_fds("p.db") == 0
+    assert store._pool.size == 0 and _open_fds(path) == 0
     assert store.load_state("exec-p") is not None  # reopened after close
     store.close()
     with pytest.raises(Exception, match="max_connections"):

@@ -9,11 +9,11 @@ Each scheme maps to a builder in `_BUILDERS`; a new backend adds one entry there
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._redact import mask_url
 from ..errors import StorageConfigurationError, UserError
 from .base import DurableExecutionStorage
 
@@ -23,12 +23,6 @@ _Builder = Callable[[str, str, dict[str, str], dict[str, Any]], DurableExecution
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_PASSWORD = re.compile(r"(://[^/?#@:]*:)[^/?#@]*@")
-
-
-def mask_url(url: str) -> str:
-    """`url` with the password of its user info replaced by `***` (for messages and logs)."""
-    return _PASSWORD.sub(r"\1***@", url) if isinstance(url, str) else repr(url)
 
 
 def _take(url: str, query: dict[str, str], allowed: dict[str, str]) -> dict[str, Any]:
