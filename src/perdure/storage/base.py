@@ -29,6 +29,11 @@ worker that stalled past its lease cannot write over the worker that took the ex
 backend compares expiry with one clock per write: the server's clock where there is a server, and a
 clock that wall-clock steps do not move (the boot's monotonic clock, see `_clock`) for the
 single-host SQLite and file backends.
+
+One module (some 560 lines) for one concept, the contract: each abstract method states the
+guarantee every backend must give, and the shared parts every backend inherits (sync twins, the
+default batch append, stats and cleanup helpers, the seed's checkpoint methods) sit next to the
+guarantees they implement. Backend-specific code lives in each backend's module.
 """
 
 from __future__ import annotations
