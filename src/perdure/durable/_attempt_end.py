@@ -3,21 +3,30 @@
 Why a module of its own: the end of a failed attempt is written to the storage that may be what just
 failed, so recording it must never hide the error that ended the run (it is logged instead); and
 some of pydantic-ai's errors name an internal cause (an unregistered model instance) that a perdure
-user fixes elsewhere, so they are rewritten into a `UserError` saying what to pass. The engine
-(`perdure.durable.engine`) uses both in its `except` clauses around the agent run.
+user fixes elsewhere, so they are rewritten into a `UserError` saying what to pass.
+`attempt_scope` is the one place an attempt runs inside (agent runs and workflows alike): the
+journal run is current, the lease heartbeat beats, and how the attempt ended is recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
+from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai.durable_exec import replay_scope
 from pydantic_ai.exceptions import UserError as PydanticAIUserError
 
-from ..errors import UserError
+from ..errors import ExecutionAborted, IdentityError, NonIdempotentReplayError, UserError
+from ..records import PendingDecision
+from ..storage.base import DurableExecutionStorage
+from .journal import JournalRun, pending_call
+from .leases import heartbeat
 
-__all__ = ["explain_unregistered_model", "record_end"]
+__all__ = ["attempt_scope", "explain_unregistered_model", "record_end"]
 
 logger = logging.getLogger("perdure")
 
@@ -44,3 +53,49 @@ def explain_unregistered_model(
         f"is registered already), then pass the same instance again. (pydantic-ai: {exc})",
         execution_id=execution_id,
     )
+
+
+@asynccontextmanager
+async def attempt_scope(
+    run: JournalRun,
+    storage: DurableExecutionStorage,
+    worker_id: str,
+    lease_ttl: float,
+    *,
+    explain: Callable[[Exception], BaseException] | None = None,
+) -> AsyncIterator[None]:
+    """Run the body as the current attempt of `run`, with its heartbeat, and record how it ended.
+
+    An identity refusal leaves the head as it was (nothing of the attempt ran); an interrupted
+    non-idempotent call pauses the execution; an operator's abort cancels it; any other error fails
+    it (`explain` may turn the error into a clearer one first). The error is raised again.
+    """
+    execution_id = run.execution_id
+
+    def renewed(expires: object) -> None:
+        run.head.lease_expires_at = expires  # type: ignore[assignment]
+
+    token = run.activate()
+    beat = asyncio.create_task(heartbeat(storage, execution_id, worker_id, lease_ttl, renewed))
+    try:
+        with replay_scope(), PydanticAgent.using_thread_executor(run.threads):
+            yield
+    except IdentityError:
+        raise  # refused before anything ran: the head stays as it was
+    except NonIdempotentReplayError as exc:
+        pending = PendingDecision(kind="non_idempotent", calls=[pending_call(exc)], round=run.round)
+        await record_end(run.mark_paused(pending, exc), execution_id)
+        raise
+    except ExecutionAborted as exc:
+        await record_end(run.mark_cancelled(exc), execution_id)
+        raise
+    except Exception as exc:
+        error = explain(exc) if explain is not None else exc
+        await record_end(run.mark_failed(error), execution_id)
+        if error is exc:
+            raise
+        raise error from None
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        JournalRun.deactivate(token)

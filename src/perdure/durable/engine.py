@@ -10,7 +10,6 @@ from where it stopped, renewing the lease while any unit runs, threads included.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,7 +18,6 @@ from typing import Any, Generic, TypeVar
 
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.agent import AgentRunResult
-from pydantic_ai.durable_exec import replay_scope
 from pydantic_ai.exceptions import UserError as PydanticAIUserError
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_core import to_jsonable_python
@@ -28,20 +26,16 @@ from .. import _faults
 from .._sync import run_sync
 from ..codec import json_data
 from ..errors import (
-    ExecutionAborted,
     ExecutionCompletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
-    IdentityError,
     LeaseLostError,
-    NonIdempotentReplayError,
     StorageNotFoundError,
     UserError,
 )
 from ..records import (
     ExecutionRecord,
     ExecutionStatus,
-    PendingDecision,
     ReplayStats,
     StepRecord,
     TaskSnapshot,
@@ -52,13 +46,13 @@ from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
 from ..storage.url import storage_from_url
 from ._approvals import approval_pending, continue_round, journal_approval_round
-from ._attempt_end import explain_unregistered_model, record_end
+from ._attempt_end import attempt_scope, explain_unregistered_model
 from ._prechecks import check_decisions, check_durable, check_journal, check_resumable
 from .checkpoints import effective_journal
 from .decisions import ApprovalDecision, ToolResolution
 from .identity import agent_identity, check_identity, normalize_allow_changes
-from .journal import JournalRun, pending_call
-from .leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id, heartbeat, owner_is_dead
+from .journal import JournalRun
+from .leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id, owner_is_dead
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -420,39 +414,14 @@ class ExecutionHandle:
         await journal_approval_round(run, head.pending, approvals)
         kwargs = dict(target.run_kwargs)
         user_prompt = continue_round(run, kwargs, run_prompt)
-        token = run.activate()
 
-        def renewed(expires: object) -> None:
-            run.head.lease_expires_at = expires  # type: ignore[assignment]
+        def explain(exc: Exception) -> BaseException:
+            if isinstance(exc, PydanticAIUserError):
+                return explain_unregistered_model(exc, head.execution_id, kwargs)
+            return exc
 
-        beat = asyncio.create_task(
-            heartbeat(self.storage, head.execution_id, self.worker_id, self.lease_ttl, renewed)
-        )
-        try:
-            with replay_scope(), PydanticAgent.using_thread_executor(run.threads):
-                result = await agent.run(user_prompt, run_id=head.execution_id, **kwargs)
-        except IdentityError:
-            raise  # refused before anything ran: the head stays as it was
-        except NonIdempotentReplayError as exc:
-            pending = PendingDecision(kind="non_idempotent", calls=[pending_call(exc)], round=run.round)
-            await record_end(run.mark_paused(pending, exc), head.execution_id)
-            raise
-        except ExecutionAborted as exc:
-            await record_end(run.mark_cancelled(exc), head.execution_id)
-            raise
-        except PydanticAIUserError as exc:
-            error = explain_unregistered_model(exc, head.execution_id, kwargs)
-            await record_end(run.mark_failed(error), head.execution_id)
-            if error is exc:
-                raise
-            raise error from None
-        except Exception as exc:
-            await record_end(run.mark_failed(exc), head.execution_id)
-            raise
-        finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-            JournalRun.deactivate(token)
+        async with attempt_scope(run, self.storage, self.worker_id, self.lease_ttl, explain=explain):
+            result = await agent.run(user_prompt, run_id=head.execution_id, **kwargs)
         if isinstance(result.output, DeferredToolRequests):
             await run.mark_paused(approval_pending(result, run.round))
             return AttemptResult(result, run.head)

@@ -10,31 +10,23 @@ find the same `JournalRun` and journal their units under their own position (see
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from pydantic_ai import Agent as PydanticAgent
-from pydantic_ai.durable_exec import replay_scope
-
-from ..durable._attempt_end import record_end
+from ..durable._attempt_end import attempt_scope
 from ..durable._prechecks import check_journal, check_resumable
 from ..durable.checkpoints import effective_journal
 from ..durable.engine import ExecutionHandle
 from ..durable.identity import normalize_allow_changes
-from ..durable.journal import JournalRun, pending_call
-from ..durable.leases import heartbeat
+from ..durable.journal import JournalRun
 from ..errors import (
-    ExecutionAborted,
     ExecutionCompletedError,
-    IdentityError,
     JournalMismatchError,
-    NonIdempotentReplayError,
     UnregisteredReferenceError,
     UserError,
 )
-from ..records import ExecutionIdentity, ExecutionRecord, PendingDecision, StepRecord, TaskSnapshot
+from ..records import ExecutionIdentity, ExecutionRecord, StepRecord, TaskSnapshot
 from ..registry import registry
 from ._context import ActiveWorkflow, activate, deactivate
 from ._define import Workflow
@@ -141,37 +133,14 @@ async def _attempt(
     run = JournalRun(storage, head, journal, debug=handle.debug, allow_changes=allow)
     run.on_unit = on_unit
     run.workflow = definition.name
-    token = run.activate()
     active_token = activate(ActiveWorkflow(run, definition.name))
-
-    def renewed(expires: object) -> None:
-        run.head.lease_expires_at = expires  # type: ignore[assignment]
-
-    beat = asyncio.create_task(
-        heartbeat(storage, head.execution_id, handle.worker_id, handle.lease_ttl, renewed)
-    )
     try:
-        await run.save_head()  # the attempt start
-        with replay_scope(), PydanticAgent.using_thread_executor(run.threads):
+        async with attempt_scope(run, storage, handle.worker_id, handle.lease_ttl):
+            await run.save_head()  # the attempt start
             output = await definition.fn(*args, **kwargs)
-        data = definition.dump_output(output, head.execution_id)
-    except IdentityError:
-        raise  # refused before anything of the unit ran: the head stays as it was
-    except NonIdempotentReplayError as exc:
-        pending = PendingDecision(kind="non_idempotent", calls=[pending_call(exc)], round=run.round)
-        await record_end(run.mark_paused(pending, exc), head.execution_id)
-        raise
-    except ExecutionAborted as exc:
-        await record_end(run.mark_cancelled(exc), head.execution_id)
-        raise
-    except Exception as exc:
-        await record_end(run.mark_failed(exc), head.execution_id)
-        raise
+            data = definition.dump_output(output, head.execution_id)
     finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
         deactivate(active_token)
-        JournalRun.deactivate(token)
     await run.mark_completed(data)
     handle._completed = True
     if handle.auto_cleanup:
