@@ -34,9 +34,9 @@ PUBLIC = {
         "is_transient", "openai_chat_model", "storage_from_url",
     ],
     "perdure.storage": [
-        "DurableExecutionStorage", "DurableStorage", "FileDurableStorage", "InMemoryDurableStorage",
-        "PostgresDurableStorage", "RedisDurableStorage", "SQLiteDurableStorage", "storage_from_url",
-        "validate_identifier",
+        "ChangeFeed", "DurableExecutionStorage", "DurableStorage", "FileDurableStorage",
+        "InMemoryDurableStorage", "PostgresDurableStorage", "RedisDurableStorage", "SQLiteDurableStorage",
+        "storage_from_url", "validate_identifier",
     ],
     "perdure.errors": [
         "CheckpointNotFoundError", "CircuitOpenError", "CorruptRecordError", "ExecutionAborted",

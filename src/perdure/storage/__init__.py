@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DurableExecutionStorage, DurableStorage, validate_identifier
+from .base import ChangeFeed, DurableExecutionStorage, DurableStorage, validate_identifier
 from .file import FileDurableStorage
 from .memory import InMemoryDurableStorage
 from .sqlite import SQLiteDurableStorage
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .redis import RedisDurableStorage
 
 __all__ = [
+    "ChangeFeed",
     "DurableExecutionStorage",
     "DurableStorage",
     "FileDurableStorage",

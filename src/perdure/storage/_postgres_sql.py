@@ -9,6 +9,7 @@ lease columns) in one place for every write that needs it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,17 @@ class Names:
     @property
     def tombstones(self) -> str:
         return f"{self.prefix}tombstones"
+
+    def channel(self, schema: str) -> str:
+        """The LISTEN/NOTIFY channel of these tables in `schema` (at most 63 bytes, PostgreSQL's limit).
+
+        Two stores on one server share a channel only when they share their tables (same database,
+        schema and prefix); a name too long for the limit is replaced by a hash of it.
+        """
+        name = f"perdure.{schema}.{self.prefix}"
+        if len(name.encode()) <= 63:
+            return name
+        return "perdure." + hashlib.sha256(f"{schema}.{self.prefix}".encode()).hexdigest()[:40]
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -95,6 +107,7 @@ class Sql:
     release: str
     delete: str
     steps: str
+    steps_after: str
     all_heads: str
     list_all: str
     list_status: str
@@ -108,8 +121,22 @@ class Sql:
     meta_put: str
 
     @classmethod
-    def build(cls, n: Names) -> Sql:
+    def build(cls, n: Names, *, notify: bool = True) -> Sql:
+        """The statements of `n`'s tables; `notify=False` leaves out the change notifications.
+
+        Every statement that changes a head or the journal (save, update, append, append_many,
+        delete, delete_many) runs `pg_notify(%(channel)s, <execution id>)` in its own transaction
+        when it wrote something, so listeners hear of the change when it commits, and only then.
+        `notify=False` only exists to measure what the notification costs (benchmarks/change_feed.py).
+        """
         h, s, m, tb = n.heads, n.steps, n.meta, n.tombstones
+
+        def announced(rows: str, execution_id: str = "%(id)s") -> str:
+            """Rows of `rows` (a CTE name), notifying when there is one; a volatile filter, per row."""
+            if not notify:
+                return f"SELECT 1 FROM {rows}"
+            return f"SELECT 1 FROM {rows} WHERE pg_notify(%(channel)s, {execution_id}) IS NOT NULL"
+
         cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
         # The fence: evaluated on the locked, latest row version; the lease columns are never set.
         fence = (
@@ -132,24 +159,27 @@ class Sql:
             f"WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
         )
         listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
+        # One notification however many rows a batch inserts (the LIMIT stops the filter's scan).
+        once = "(SELECT 1 FROM ins LIMIT 1) AS one"
         expiry = "clock_timestamp() + make_interval(secs => %(ttl)s)"
         return cls(
-            save=upsert,
-            update=update,
+            save=f"WITH ins AS ({upsert}) {announced('ins')}",
+            update=f"WITH ins AS ({update}) {announced('ins')}",
             append=(
-                f"WITH head AS ({update}) "
+                f"WITH head AS ({update}), ins AS ("
                 f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
                 f"SELECT %(step_id)s, %(seq)s::integer, %(kind)s, %(name)s, %(key)s, %(step_codec)s, "
-                f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1"
+                f"%(step_payload)s WHERE EXISTS (SELECT FROM head) RETURNING 1) {announced(once)}"
             ),
             # A batch: the same, its rows unnested from one array per column (one statement).
             append_many=(
-                f"WITH head AS ({update}) "
+                f"WITH head AS ({update}), ins AS ("
                 f"INSERT INTO {s} (execution_id, seq, kind, name, key, codec, payload) "
                 f"SELECT %(step_id)s, e.seq, e.kind, e.name, e.key, e.codec, e.payload "
                 f"FROM unnest(%(seqs)s::integer[], %(kinds)s::text[], %(names)s::text[], %(keys)s::text[], "
                 f"%(step_codecs)s::text[], %(step_payloads)s::bytea[]) "
-                f"AS e(seq, kind, name, key, codec, payload) WHERE EXISTS (SELECT FROM head) RETURNING 1"
+                f"AS e(seq, kind, name, key, codec, payload) WHERE EXISTS (SELECT FROM head) RETURNING 1) "
+                f"{announced(once)}"
             ),
             first_taken=f"SELECT min(seq) FROM {s} WHERE execution_id = %s AND seq = ANY(%s::integer[])",
             refusal=(
@@ -184,9 +214,13 @@ class Sql:
                 f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s), "
                 f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s), "
                 f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) VALUES (%(id)s, clock_timestamp()) "
-                f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) SELECT 1"
+                f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
+                + ("SELECT pg_notify(%(channel)s, %(id)s)" if notify else "SELECT 1")
             ),
             steps=f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s ORDER BY seq",
+            steps_after=(
+                f"SELECT seq, codec, payload FROM {s} WHERE execution_id = %s AND seq > %s ORDER BY seq"
+            ),
             all_heads=f"SELECT {cols} FROM {h}",
             list_all=listing.format(where=""),
             list_status=listing.format(where="WHERE status = %s"),
@@ -203,6 +237,7 @@ class Sql:
                 f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) SELECT execution_id, clock_timestamp() "
                 f"FROM hd ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
                 f"SELECT count(*) FROM hd"
+                + (" WHERE pg_notify(%(channel)s, hd.execution_id) IS NOT NULL" if notify else "")
             ),
             purge=f"DELETE FROM {tb} WHERE deleted_at < %s",
             raw_head=(

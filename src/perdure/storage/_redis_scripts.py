@@ -20,7 +20,8 @@ STATUSES = [s.value for s in ExecutionStatus]
 _FINISHED = (ExecutionStatus.COMPLETED.value, ExecutionStatus.CANCELLED.value)
 
 # Per-execution scripts get KEYS = head, journal, lease, idx:all, idx:expiry, idx:status:<s>... in
-# `STATUSES` order, tomb, idx:tombstones (see `Keys.execution`).
+# `STATUSES` order, tomb, idx:tombstones, and the change channel (see `Keys.execution`; a channel is
+# not a key, but passing it here keeps every name of the layout out of the scripts' text).
 
 # Lua tables built from the Python enums, so the scripts can never disagree with them.
 _LUA_TABLES = (
@@ -33,6 +34,15 @@ _LUA_COMMON = (
     + f"local TOMB_KEY = {6 + len(STATUSES)}\n"
     + """local FIRST_STATUS_KEY = 6
 local TOMB_INDEX = TOMB_KEY + 1
+local CHANNEL = TOMB_KEY + 2
+
+-- Announce a change of this execution to the storage's change feeds (delivered with the write:
+-- a script is atomic). An empty channel name announces nothing (the benchmark's baseline).
+local function announce(id)
+  if KEYS[CHANNEL] ~= '' then
+    redis.call('PUBLISH', KEYS[CHANNEL], id)
+  end
+end
 
 local function now_us()
   local t = redis.call('TIME')
@@ -130,6 +140,7 @@ if refused then
   return refused
 end
 put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+announce(ARGV[1])
 return {'ok'}
 """
 )
@@ -164,6 +175,7 @@ else
   end
 end
 put_head(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+announce(ARGV[1])
 return {'ok'}
 """
 )
@@ -214,6 +226,7 @@ redis.call('SET', KEYS[TOMB_KEY], string.format('%.0f', now), 'PX', ttl_ms)
 redis.call('ZADD', KEYS[TOMB_INDEX], string.format('%.0f', now), ARGV[1])
 -- Forget index entries of tombstones that expired on their own.
 redis.call('ZREMRANGEBYSCORE', KEYS[TOMB_INDEX], '-inf', '(' .. string.format('%.0f', now - ttl_ms * 1000))
+announce(ARGV[1])
 return {'ok', 1}
 """
 )
@@ -305,9 +318,16 @@ SCRIPTS = {
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names of one storage prefix."""
+    """Key names of one storage prefix (and the name of its change channel)."""
 
     prefix: str
+    announce: bool = True
+    """Whether writes publish on `channel` (False only to measure what publishing costs)."""
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel the write scripts announce changed execution ids on."""
+        return f"{self.prefix}changes"
 
     def head(self, execution_id: str) -> str:
         return f"{self.prefix}head:{execution_id}"
@@ -350,4 +370,5 @@ class Keys:
             *self.statuses(),
             self.tomb(execution_id),
             self.tombstones,
+            self.channel if self.announce else "",
         ]

@@ -30,7 +30,12 @@ backend compares expiry with one clock per write: the server's clock where there
 clock that wall-clock steps do not move (the boot's monotonic clock, see `_clock`) for the
 single-host SQLite and file backends.
 
-One module (some 560 lines) for one concept, the contract: each abstract method states the
+Watchers in other processes follow executions with `load_steps_after_async` (the journal entries
+after the last seq they saw, at a cost that does not grow with the history where the backend allows
+it) and `change_feed()`: a `ChangeFeed` that announces the ids of changed executions (PostgreSQL
+LISTEN/NOTIFY, Redis pub/sub), or None where the watcher polls (memory, files, SQLite).
+
+One module (some 680 lines) for one concept, the contract: each abstract method states the
 guarantee every backend must give, and the shared parts every backend inherits (sync twins, the
 default batch append, stats and cleanup helpers, the seed's checkpoint methods) sit next to the
 guarantees they implement. Backend-specific code lives in each backend's module.
@@ -44,7 +49,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
 
 from .._sync import run_sync
 from ..codec import decode_step, encode_head, encode_step
@@ -62,6 +68,7 @@ from ..settings import settings
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
+    "ChangeFeed",
     "DurableExecutionStorage",
     "DurableStorage",
     "check_journal_seqs",
@@ -86,20 +93,24 @@ def validate_identifier(value: str, what: str) -> str:
     return value
 
 
-def check_journal_seqs(execution_id: str, seqs: Sequence[int], *, location: str = "") -> None:
-    """Refuse a journal whose entries are not exactly seqs 0..n-1 (an entry deleted, a gap).
+def check_journal_seqs(execution_id: str, seqs: Sequence[int], *, location: str = "", start: int = 0) -> None:
+    """Refuse a journal whose entries are not exactly seqs start..start+n-1 (an entry deleted, a gap).
 
+    `start` is 0 for a whole journal, `after_seq + 1` for the tail `load_steps_after_async` reads.
     Raises `CorruptRecordError` naming the missing seqs: resuming over a gap would run the lost
     units again.
     """
-    if all(seq == index for index, seq in enumerate(seqs)):
+    if all(seq == start + index for index, seq in enumerate(seqs)):
         return
     present = set(seqs)
-    missing = [seq for seq in range(max(max(present), len(seqs))) if seq not in present]
+    missing = [seq for seq in range(start, max(max(present), start + len(seqs))) if seq not in present]
     if not missing:  # out of order or duplicated: cannot happen with a primary key, but say so
-        first = next(index for index, seq in enumerate(seqs) if seq != index)
+        first = next(index for index, seq in enumerate(seqs) if seq != start + index)
         raise CorruptRecordError(
-            execution_id, f"journal entry {first} holds seq {seqs[first]}", step=str(first), location=location
+            execution_id,
+            f"journal entry {start + first} holds seq {seqs[first]}",
+            step=str(start + first),
+            location=location,
         )
     more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
     shown = ", ".join(str(seq) for seq in missing[:10]) + more
@@ -130,6 +141,64 @@ def stored_seq(payload: bytes) -> int | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, int) else None
+
+
+class ChangeFeed(ABC):
+    """Announces which executions of one storage changed, for watchers in another process.
+
+    Made by `DurableExecutionStorage.change_feed()`. Use it as an async context manager (or call
+    `open` and `aclose`)::
+
+        async with storage.change_feed() as feed:
+            while True:
+                changed = await feed.wait(1.0)
+                if changed is None:
+                    ...  # announcements may have been lost: re-read every execution you follow
+                for execution_id in changed or ():
+                    ...  # re-read its head and load_steps_after_async(execution_id, last_seq)
+
+    A change is any committed write of a head or of the journal: `save_state_async`,
+    `append_step(s)_async`, `delete_state_async`, the deletes of `cleanup_old_executions_async`.
+    Lease calls are not changes (the head's status and journal do not move), nor are expiries a
+    server performs on its own (Redis `ttl`). Every change committed after `open()` returned is
+    announced, by writers in any process, announced at most once per `wait` however often it
+    was written; an announcement says only that something changed, so a watcher re-reads and
+    derives its events from what it reads, and a spurious or duplicated id costs one read.
+    A feed belongs to the event loop that opened it.
+    """
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Subscribe: changes committed after this returns are announced (idempotent).
+
+        Raises `StorageUnavailableError` naming the storage when its server cannot be reached.
+        """
+
+    @abstractmethod
+    async def wait(self, timeout: float) -> set[str] | None:
+        """The ids of the executions changed since the previous call; waits up to `timeout` seconds.
+
+        Returns at once when changes are pending, else as soon as one arrives (with everything that
+        arrived with it), else an empty set after `timeout`. Returns None when announcements may
+        have been lost: the connection to the server broke and the feed reconnected; the caller
+        then re-reads every execution it follows. Raises `StorageUnavailableError` naming the
+        storage when it cannot reconnect (a later `wait` tries again), `UserError` when the feed is
+        not open. Never hangs on a server that stopped answering: a feed checks its connection
+        while idle and treats a server that does not answer as gone.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Unsubscribe and release the feed's connection (idempotent); `open` may subscribe again."""
 
 
 class DurableExecutionStorage(ABC):
@@ -262,6 +331,32 @@ class DurableExecutionStorage(ABC):
         Raises `CorruptRecordError` when the stored seqs are not exactly 0..n-1 (see
         `check_journal_seqs`).
         """
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """The journal entries with seq > `after_seq`, in sequence order (empty when there are none).
+
+        What a watcher reads after its last seen seq: `after_seq=-1` returns the whole journal. The
+        entries, their decoding and the errors are those of `load_steps_async` for the same tail:
+        `CorruptRecordError` when the stored seqs from `after_seq + 1` are not consecutive (a gap
+        before `after_seq` is only seen by `load_steps_async`). The built-in backends read only the
+        tail (an index range, a list range; the file backend remembers where the lines it read end),
+        so the cost follows the number of new entries, not the length of the history. This default
+        filters `load_steps_async`. A negative `after_seq` is taken as -1; a non-integer is `UserError`.
+        """
+        start = self._tail_start(execution_id, after_seq)
+        return [entry for entry in await self.load_steps_async(execution_id) if entry.seq >= start]
+
+    def change_feed(self) -> ChangeFeed | None:
+        """A new, unopened `ChangeFeed` of this storage, or None when watchers must poll.
+
+        None (the default; memory, file and SQLite backends): a watcher re-reads the executions it
+        follows on a period of its choice. PostgreSQL (LISTEN/NOTIFY) and Redis (pub/sub) return a
+        feed holding one dedicated connection; the notification is sent in the same transaction or
+        script as the write, so it is delivered exactly when the write is visible. Feeds of two
+        storages with different table prefixes / key prefixes never see each other's changes.
+        `close_async` of the storage closes the feeds it made.
+        """
+        return None
 
     @abstractmethod
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
@@ -404,11 +499,21 @@ class DurableExecutionStorage(ABC):
         return heads
 
     @staticmethod
+    def _tail_start(execution_id: str, after_seq: int) -> int:
+        """The first seq `load_steps_after_async(execution_id, after_seq)` returns (`after_seq` checked)."""
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int):
+            raise UserError(
+                f"load_steps_after of execution {execution_id!r} needs an integer after_seq (the last seq "
+                f"seen, -1 for none), got {after_seq!r}."
+            )
+        return max(after_seq, -1) + 1
+
+    @staticmethod
     def _journal_from_rows(
-        execution_id: str, rows: Sequence[Any], *, location: str, max_size: int | None
+        execution_id: str, rows: Sequence[Any], *, location: str, max_size: int | None, start: int = 0
     ) -> list[StepRecord]:
-        """Decode journal rows `(seq, codec, payload)` read in seq order; a gap is `CorruptRecordError`."""
-        check_journal_seqs(execution_id, [row[0] for row in rows], location=location)
+        """Decode journal rows `(seq, codec, payload)` read in seq order from `start`; a gap is corrupt."""
+        check_journal_seqs(execution_id, [row[0] for row in rows], location=location, start=start)
         return [
             decode_step(execution_id, seq, bytes(payload), codec=codec, location=location, max_size=max_size)
             for seq, codec, payload in rows
@@ -508,6 +613,10 @@ class DurableExecutionStorage(ABC):
     def load_steps(self, execution_id: str) -> list[StepRecord]:
         """Sync twin of `load_steps_async`."""
         return run_sync(self.load_steps_async(execution_id))
+
+    def load_steps_after(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Sync twin of `load_steps_after_async`."""
+        return run_sync(self.load_steps_after_async(execution_id, after_seq))
 
     def list_executions(
         self, status: ExecutionStatus | str | None = None, limit: int | None = None

@@ -769,12 +769,26 @@ class FileDurableStorage(DurableExecutionStorage):
         A missing line (a gap in the seqs) or an undecodable line before the last one raises
         `CorruptRecordError`.
         """
-        directory = self._dir(execution_id)
-        journal = directory / JOURNAL_FILE
+        return self._read_journal(execution_id, 0)
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Read the lines after `after_seq`, from where this instance's last read or append ended.
+
+        Lines are only ever appended, so the end of the complete lines this instance last saw (for
+        the same file: inode, and a newline just before that offset) is where the next seq starts:
+        a watcher that reads the tail after each change reads and decodes only the new lines.
+        Otherwise the file is read from its start and only the lines after `after_seq` decoded.
+        """
+        return self._read_journal(execution_id, self._tail_start(execution_id, after_seq))
+
+    def _read_journal(self, execution_id: str, start: int) -> list[StepRecord]:
+        """The entries from seq `start` on (see `load_steps_async` for the torn last line and gaps)."""
+        journal = self._dir(execution_id) / JOURNAL_FILE
         try:
             with open(journal, "rb") as fh:
                 st = os.fstat(fh.fileno())
-                data = fh.read()
+                first, offset = self._known_end(execution_id, fh.fileno(), st, start)
+                data = os.pread(fh.fileno(), st.st_size - offset, offset) if offset else fh.read()
         except FileNotFoundError:
             self._require_root()
             return []
@@ -782,15 +796,15 @@ class FileDurableStorage(DurableExecutionStorage):
             return []
         lines = data.split(b"\n")
         complete = lines[:-1]  # the last piece is empty, or a torn line from a crash: ignored
-        if len(data) == st.st_size:
-            good = len(data) - len(lines[-1])
+        if len(data) == st.st_size - offset:
+            good = offset + len(data) - len(lines[-1])
             with self._cache_lock:
-                self._journal_cache[execution_id] = (st.st_ino, st.st_size, len(complete), good)
+                self._journal_cache[execution_id] = (st.st_ino, st.st_size, first + len(complete), good)
         if lines[-1] and _parses(lines[-1]):  # complete, only its newline is missing: kept
             complete.append(lines[-1])
         location = str(journal)
         steps = []
-        for seq, raw in enumerate(complete):
+        for seq, raw in enumerate(complete[start - first :], start):
             codec, payload = _unwrap(execution_id, raw, step=seq, location=location)
             try:
                 steps.append(
@@ -806,9 +820,26 @@ class FileDurableStorage(DurableExecutionStorage):
             except CorruptRecordError:
                 found = stored_seq(payload) if codec == JSON else None
                 if found is not None and found > seq:  # lines were removed: name the missing seqs
-                    check_journal_seqs(execution_id, [*range(seq), found], location=f"{location}:{seq + 1}")
+                    where = f"{location}:{seq + 1}"
+                    check_journal_seqs(execution_id, [*range(start, seq), found], location=where, start=start)
                 raise
         return steps
+
+    def _known_end(self, execution_id: str, fd: int, st: os.stat_result, start: int) -> tuple[int, int]:
+        """`(seq, offset)` to read the journal from for entries from seq `start`: `(0, 0)` or a known end.
+
+        The known end is the cached count and end of the complete lines (see `_journal_cache`), when
+        it is at or before `start`, the file is the same inode, and a newline ends the line before it.
+        """
+        if start == 0:
+            return 0, 0
+        with self._cache_lock:
+            cached = self._journal_cache.get(execution_id)
+        if cached is None or cached[0] != st.st_ino or cached[2] > start or not 0 < cached[3] <= st.st_size:
+            return 0, 0
+        if os.pread(fd, 1, cached[3] - 1) != b"\n":
+            return 0, 0
+        return cached[2], cached[3]
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:

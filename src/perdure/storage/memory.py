@@ -184,16 +184,23 @@ class InMemoryDurableStorage(DurableExecutionStorage):
             self._heads[execution_id] = head
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:
+        return self._load_from(execution_id, 0)
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Decode only the entries after `after_seq` (a slice of the list)."""
+        return self._load_from(execution_id, self._tail_start(execution_id, after_seq))
+
+    def _load_from(self, execution_id: str, start: int) -> list[StepRecord]:
         with self._lock:
-            entries = list(self._journals.get(execution_id, ()))
+            entries = self._journals.get(execution_id, [])[start:]
         steps = []
-        for seq, raw in enumerate(entries):
+        for seq, raw in enumerate(entries, start):
             try:
                 steps.append(decode_step(execution_id, seq, raw))
             except CorruptRecordError:
                 found = stored_seq(raw)  # the list index is the seq: a removed entry shifts the rest
                 if found is not None and found > seq:
-                    check_journal_seqs(execution_id, [*range(seq), found])
+                    check_journal_seqs(execution_id, [*range(start, seq), found], start=start)
                 raise
         return steps
 

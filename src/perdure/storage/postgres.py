@@ -58,6 +58,7 @@ from ..errors import (
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
 from . import _per_loop
 from ._per_loop import PerLoop
+from ._postgres_feed import PostgresChangeFeed, channel_of
 from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, Pool, checkout, watchdog
 from ._postgres_sql import LAYOUT_VERSION, Names, Sql
 from ._postgres_sql import MIGRATIONS as _MIGRATIONS  # a module global: tests add steps to it
@@ -150,6 +151,9 @@ class PostgresDurableStorage(DurableExecutionStorage):
         self.codec = codec or Codec()
         self._names = Names(self.table_prefix)
         self._sql = Sql.build(self._names)
+        self._channel = ""
+        """The LISTEN/NOTIFY channel of the tables (`Names.channel`), known once the layout is checked."""
+        self._feeds: weakref.WeakSet[PostgresChangeFeed] = weakref.WeakSet()
         where = self._info
         self._where = (
             f"{where.get('host') or 'localhost'}:{where.get('port') or 5432}/"
@@ -265,8 +269,16 @@ class PostgresDurableStorage(DurableExecutionStorage):
             await entry.client.aclose()
 
     async def close_async(self) -> None:
-        """Close every pool; a later call opens new ones. Never blocks on another running loop."""
+        """Close every pool and change feed; a later call opens new ones. Never blocks on another loop."""
+        for feed in list(self._feeds):
+            await feed.close_from_any_loop()
         await _per_loop.close(self._loops.take_all(), wait=CLOSE_TIMEOUT + 1)
+
+    def change_feed(self) -> PostgresChangeFeed:
+        """A LISTEN/NOTIFY feed on a dedicated connection (see `perdure.storage._postgres_feed`)."""
+        feed = PostgresChangeFeed(self)
+        self._feeds.add(feed)
+        return feed
 
     # ---- statements -----------------------------------------------------------------------------
 
@@ -278,6 +290,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
             found = await self._layout_version(conn)
             if found is None or found < LAYOUT_VERSION:
                 found = await self._migrate(conn)
+            self._channel = await channel_of(conn, self._names)
         if found > LAYOUT_VERSION:
             raise self._incompatible(found)
         self._layout_ok = True
@@ -324,7 +337,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         try:
             await self._ensure_layout()
             async with self._connection() as conn, conn.cursor(binary=True) as cur:
-                await cur.execute(sql, params)
+                await cur.execute(sql, self._announcing(params))
                 return await cur.fetchall()
         except pg_errors.UniqueViolation as exc:
             if step is None:
@@ -342,10 +355,13 @@ class PostgresDurableStorage(DurableExecutionStorage):
         except psycopg.Error as exc:
             raise await self._unavailable(exc, execution_id) from exc
 
-    @staticmethod
-    async def _rows(conn: Conn, sql: str, params: _Params) -> list[_Row]:
+    def _announcing(self, params: _Params) -> _Params:
+        """Named parameters get `channel`, the notification channel the writing statements use."""
+        return {**params, "channel": self._channel} if isinstance(params, Mapping) else params
+
+    async def _rows(self, conn: Conn, sql: str, params: _Params) -> list[_Row]:
         async with conn.cursor(binary=True) as cur:
-            await cur.execute(sql, params)
+            await cur.execute(sql, self._announcing(params))
             return await cur.fetchall() if cur.description is not None else []
 
     async def _lock_id(self, conn: Conn, execution_id: str) -> None:
@@ -494,7 +510,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
             holder, expires, live = rows[0]
             if holder is not None and live and not force:
                 raise ExecutionLeasedError(execution_id, holder, _utc(expires))
-            await conn.execute(self._sql.delete, {"id": execution_id})
+            await self._rows(conn, self._sql.delete, {"id": execution_id})
             return True
 
         return await self._transaction(delete, execution_id)
@@ -548,6 +564,15 @@ class PostgresDurableStorage(DurableExecutionStorage):
         rows = await self._query(self._sql.steps, (execution_id,), execution_id)
         max_size = self.codec.max_decompressed_size
         return self._journal_from_rows(execution_id, rows, location=self._location, max_size=max_size)
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Read the entries after `after_seq` by primary-key range (`seq > %s`)."""
+        start = self._tail_start(execution_id, after_seq)
+        rows = await self._query(self._sql.steps_after, (execution_id, start - 1), execution_id)
+        max_size = self.codec.max_decompressed_size
+        return self._journal_from_rows(
+            execution_id, rows, location=self._location, max_size=max_size, start=start
+        )
 
     async def _iter_heads_async(self) -> Iterable[ExecutionRecord]:
         return self._readable_heads(await self._query(self._sql.all_heads, (), None), self._decode_head)

@@ -35,6 +35,7 @@ script's reply codes (`lease`, `deleted`, `missing`, `conflict`, ...) are read w
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ from ..errors import (
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
 from . import _per_loop
 from ._per_loop import PerLoop
+from ._redis_feed import RedisChangeFeed
 from ._redis_scripts import SCRIPTS, STATUSES, Keys
 from .base import DurableExecutionStorage, check_journal_seqs, stored_seq
 
@@ -280,6 +282,7 @@ class RedisDurableStorage(DurableExecutionStorage):
         """Where executions are looked up, for `ExecutionNotFoundError` (password masked)."""
         self._keys = Keys(self.prefix)
         self._conns: PerLoop[_Conn] = PerLoop()
+        self._feeds: weakref.WeakSet[RedisChangeFeed] = weakref.WeakSet()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisDurableStorage:
@@ -327,8 +330,16 @@ class RedisDurableStorage(DurableExecutionStorage):
         return _Conn(client, scripts, _closing(client))
 
     async def close_async(self) -> None:
-        """Close every loop's client; a later call opens new ones (see `perdure.storage._per_loop`)."""
+        """Close every loop's client and every change feed; a later call opens new ones."""
+        for feed in list(self._feeds):
+            await feed.close_from_any_loop()
         await _per_loop.close(self._conns.take_all(), wait=_CLOSE_WAIT)
+
+    def change_feed(self) -> RedisChangeFeed:
+        """A pub/sub feed on channel `<prefix>changes`, on a dedicated connection (`_redis_feed`)."""
+        feed = RedisChangeFeed(self, self._client_options, self._keys.channel)
+        self._feeds.add(feed)
+        return feed
 
     @contextlib.contextmanager
     def _errors(self, execution_id: str | None) -> Iterator[None]:
@@ -517,10 +528,18 @@ class RedisDurableStorage(DurableExecutionStorage):
             raise StepConflictError(steps[0].execution_id, steps[0].seq)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:  # noqa: D102
+        return await self._load_from(execution_id, 0)
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Read the entries after `after_seq` with one `LRANGE` from that index (the index is the seq)."""
+        return await self._load_from(execution_id, self._tail_start(execution_id, after_seq))
+
+    async def _load_from(self, execution_id: str, start: int) -> list[StepRecord]:
         key = self._keys.journal(execution_id)
-        entries = cast(list[bytes], await self._call(lambda client: client.lrange(key, 0, -1), execution_id))
+        read = await self._call(lambda client: client.lrange(key, start, -1), execution_id)
+        entries = cast(list[bytes], read)
         steps = []
-        for seq, raw in enumerate(entries):
+        for seq, raw in enumerate(entries, start):
             try:
                 steps.append(self._decode_step(execution_id, seq, raw))
             except CorruptRecordError:
@@ -529,7 +548,8 @@ class RedisDurableStorage(DurableExecutionStorage):
                 found = stored_seq(payload) if codec == b"json" else None
                 if found is not None and found > seq:
                     location = f"{self._where} key {key}"
-                    check_journal_seqs(execution_id, [*range(seq), found], location=location)
+                    seqs = [*range(start, seq), found]
+                    check_journal_seqs(execution_id, seqs, location=location, start=start)
                 raise
         return steps
 

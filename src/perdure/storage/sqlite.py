@@ -214,6 +214,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             f"SELECT codec, payload, lease_owner, lease_expires FROM {t} WHERE execution_id = ?"
         )
         self._sql_load_steps = f"SELECT seq, codec, payload FROM {s} WHERE execution_id = ? ORDER BY seq"
+        self._sql_load_steps_after = (
+            f"SELECT seq, codec, payload FROM {s} WHERE execution_id = ? AND seq > ? ORDER BY seq"
+        )
         self._sql_first_taken = f"SELECT min(seq) FROM {s} WHERE execution_id = ? AND seq BETWEEN ? AND ?"
         self._sql_delete_head = f"DELETE FROM {t} WHERE execution_id = ?"
         self._sql_delete_steps = f"DELETE FROM {s} WHERE execution_id = ?"
@@ -613,6 +616,15 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         rows = self._read(self._sql_load_steps, (execution_id,), execution_id)
         max_size = self.codec.max_decompressed_size
         return self._journal_from_rows(execution_id, rows, location=self._location, max_size=max_size)
+
+    async def load_steps_after_async(self, execution_id: str, after_seq: int) -> list[StepRecord]:
+        """Read the entries after `after_seq` by primary-key range (`seq > ?`)."""
+        start = self._tail_start(execution_id, after_seq)
+        rows = self._read(self._sql_load_steps_after, (execution_id, start - 1), execution_id)
+        max_size = self.codec.max_decompressed_size
+        return self._journal_from_rows(
+            execution_id, rows, location=self._location, max_size=max_size, start=start
+        )
 
     def _decode_rows(self, rows: Iterable[Any]) -> list[ExecutionRecord]:
         return self._readable_heads(rows, lambda row: self._decode_head(*row))

@@ -6,7 +6,7 @@ Every built-in backend passes it, and a custom backend (a subclass of
     from perdure.testing import check_storage
 
     report = await check_storage(MyStorage)  # a factory of fresh, empty storages
-    print(report)  # "MyStorage: all 36 properties passed", or what failed and why
+    print(report)  # "MyStorage: all 40 properties passed", or what failed and why
     report.raise_for_failures()  # AssertionError naming every failed property
 
 Each property (`PROPERTIES`: name -> description) runs against its own fresh storage, with a

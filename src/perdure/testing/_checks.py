@@ -83,7 +83,9 @@ class Subject:
     reopen_hook: Reopen | None
     lease_ttl: float
     opened: list[DurableExecutionStorage] = field(default_factory=list)
-    """Instances a check opened with `reopen()`; the runner closes them."""
+    """Instances a check opened with `reopen()` or `fresh()`; the runner closes them."""
+    factory: StorageFactory | None = None
+    """The factory the storage came from (`fresh()` makes another, independent store with it)."""
 
     @property
     def expiry_wait(self) -> float:
@@ -111,6 +113,29 @@ class Subject:
             )
         self.opened.append(opened)
         return opened
+
+    async def writer(self) -> DurableExecutionStorage:
+        """A second instance on the same data when `reopen` gives one (another process), else this one."""
+        if self.reopen_hook is None:
+            return self.storage
+        try:
+            return await self.reopen()
+        except SkipProperty:
+            return self.storage
+
+    async def fresh(self) -> DurableExecutionStorage:
+        """Another fresh, empty store from the factory (another prefix or directory), closed after."""
+        if self.factory is None:  # pragma: no cover - the runner always gives it
+            raise SkipProperty("no storage factory given")
+        made = self.factory()
+        if inspect.isawaitable(made):
+            made = await made
+        if not isinstance(made, DurableExecutionStorage):
+            raise ConformanceFailure(
+                f"the factory returned {type(made).__name__}, not a DurableExecutionStorage"
+            )
+        self.opened.append(made)
+        return made
 
     async def write_raw(self, execution_id: str, payload: bytes) -> None:
         """Store `payload` as the head of `execution_id` through the raw writer hook."""

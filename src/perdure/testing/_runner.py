@@ -16,7 +16,7 @@ from typing import Literal
 from .._sync import run_sync
 from ..errors import UserError
 from ..storage.base import DurableExecutionStorage
-from . import _batches, _deletes, _journal, _leases, _storage  # noqa: F401 - they register the checks
+from . import _batches, _deletes, _feeds, _journal, _leases, _storage  # noqa: F401 - they register the checks
 from ._checks import (
     CHECKS,
     Check,
@@ -39,7 +39,7 @@ __all__ = [
 
 _GROUPS = (
     *("head", "step", "journal", "batch", "delete", "list", "stats", "cleanup", "lease", "sync_twins"),
-    *("corrupt_record", "newer_schema", "persistence"),
+    *("feed", "corrupt_record", "newer_schema", "persistence"),
 )
 _ORDER = sorted(
     CHECKS, key=lambda name: _GROUPS.index(name.split(".")[0]) if name.split(".")[0] in _GROUPS else 99
@@ -114,7 +114,7 @@ class ConformanceReport:
         raise KeyError(name)
 
     def summary(self) -> str:
-        """One line: `all 36 properties passed`, or the counts and the failed names."""
+        """One line: `all 40 properties passed`, or the counts and the failed names."""
         total = len(self.results)
         if len(self.passed) == total:
             return f"{self.storage}: all {total} properties passed"
@@ -219,7 +219,7 @@ async def run_property(
     message = details = ""
     try:
         async with asyncio.timeout(timeout):
-            subject = Subject(await _open(factory), raw_writer, reopen, lease_ttl)
+            subject = Subject(await _open(factory), raw_writer, reopen, lease_ttl, factory=factory)
             if seen is not None:
                 seen.append(type(subject.storage).__name__)
             await spec.function(subject)
