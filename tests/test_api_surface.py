@@ -15,18 +15,31 @@ from perdure.durable import SQLiteDurableStorage
 
 PUBLIC = {
     "perdure": [
-        "Agent", "AgentRunOutput", "Checkpoint", "create_checkpoint", "CircuitBreaker", "Database",
-        "DurableExecution", "PerdureDurability", "PerdureError", "RetryPolicy", "SqliteDatabase",
-        "StepContext", "Task", "ToolResolution", "current_step", "idempotency_key", "now", "random",
-        "register", "save_state", "sleep", "sleep_until", "state", "step", "tool", "workflow",
+        "Agent", "AgentRunOutput", "Alert", "AlertRule", "Checkpoint", "create_checkpoint", "CircuitBreaker",
+        "Database", "DurableExecution", "ExecutionSummary", "PerdureDurability", "PerdureError",
+        "RetryPolicy", "SqliteDatabase", "StepContext", "Task", "ToolResolution", "add_listener",
+        "current_step", "execution_summary", "execution_summary_async", "idempotency_key", "monitor",
+        "now", "random", "register", "save_state", "sleep", "sleep_until", "state", "step", "tool",
+        "watch", "workflow",
+    ],
+    "perdure.events": [
+        "EVENT_ADAPTER", "Event", "EventBus", "EventStream", "ExecutionCancelled", "ExecutionCompleted",
+        "ExecutionEvent", "ExecutionFailed", "ExecutionPaused", "ExecutionResumed", "ExecutionStarted",
+        "ExecutionSummary", "Listener", "PerdureEvent", "UnitCompleted", "UnitEvent", "UnitFailed",
+        "UnitReplayed", "UnitRetried", "UnitStarted", "Watch", "add_listener", "execution_summary",
+        "execution_summary_async", "watch",
+    ],
+    "perdure.alerts": [
+        "MAX_IDS", "MAX_SCAN", "Alert", "AlertEvaluator", "AlertRule", "WebhookError", "monitor",
+        "monitor_sync", "notify_async", "parse_duration",
     ],
     "perdure.workflows": [
         "StatefulWorkflow", "Step", "Workflow", "now", "random", "run_graph", "save_state", "sleep",
         "sleep_until", "state", "step", "workflow",
     ],
     "perdure.durable": [
-        "AgentFactory", "AttemptResult", "Checkpoint", "CircuitBreaker", "DurableAgent", "DurableExecution",
-        "StatefulWorkflow",
+        "AgentFactory", "AttemptResult", "Checkpoint", "CircuitBreaker", "DurableAgent", "DurableEventStream",
+        "DurableExecution", "StatefulWorkflow", "StreamedEvent",
         "DurableExecutionStorage", "DurableStorage", "ExecutionAborted", "FileDurableStorage",
         "InMemoryDurableStorage", "PerdureDurability", "PostgresDurableStorage", "RedisDurableStorage",
         "ResumeTarget", "RetryPolicy", "SQLiteDurableStorage", "StepContext", "TOOL_CONFIG_KEY",
@@ -47,6 +60,7 @@ PUBLIC = {
         "StorageConfigurationError", "StorageLockedError", "StorageNotFoundError",
         "StorageUnavailableError", "ToolNotFoundError", "UnregisteredReferenceError", "UserError",
     ],
+    "perdure.telemetry": ["Instrumentation", "instrument", "is_instrumented"],
     "perdure.testing": [
         "ConformanceFailure", "ConformanceReport", "PROPERTIES", "PropertyResult", "RawWriter",
         "Reopen", "StorageFactory", "check_storage", "check_storage_sync", "pytest_suite",
@@ -60,6 +74,7 @@ PUBLIC_MODULES = [
     "perdure.agent.output",
     "perdure.agent.task",
     "perdure.agent.tools",
+    "perdure.alerts",
     "perdure.codec",
     "perdure.db",
     "perdure.durable.capability",
@@ -91,6 +106,7 @@ PUBLIC_MODULES = [
     "perdure.storage.redis",
     "perdure.storage.sqlite",
     "perdure.storage.url",
+    "perdure.telemetry",
 ]
 """Modules without a leading `_`, pinned: a new module is internal (`_name`) unless made public on purpose."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from perdure._tokens import create_resume_token, secret_key, verify_resume_token
 from perdure.cli import app
 from perdure.codec import JSON_ZSTD
 from perdure.errors import UserError
-from perdure.records import ExecutionRecord
+from perdure.records import ExecutionRecord, ExecutionStatus
 from perdure.settings import describe, load_settings, settings
 from perdure.storage import storage_from_url
 from perdure.storage.sqlite import SQLiteDurableStorage
@@ -25,6 +26,7 @@ ENV_NAMES = (
     "PERDURE_COMPRESSION",
     "PERDURE_COMPRESSION_MIN_BYTES",
     "PERDURE_RETENTION_DAYS",
+    "PERDURE_RETENTION_KEEP",
     "PERDURE_TTL",
     "PERDURE_SECRET_KEY",
     "PERDURE_LEASE_TTL",
@@ -60,6 +62,7 @@ def test_defaults() -> None:
     assert loaded.compression == "none"
     assert loaded.compression_min_bytes == 1024
     assert loaded.retention_days is None and loaded.ttl is None and loaded.secret_key is None
+    assert loaded.retention_keep == ()
     assert loaded.lease_ttl == 30.0
     assert loaded.log_level is None
     assert set(loaded.origins.values()) == {"default"}
@@ -108,6 +111,7 @@ def test_settings_is_cached_until_reloaded(monkeypatch: pytest.MonkeyPatch) -> N
         ("PERDURE_COMPRESSION", "gzip", "'zstd' or 'none'"),
         ("PERDURE_COMPRESSION_MIN_BYTES", "-1", "greater than or equal to 0"),
         ("PERDURE_RETENTION_DAYS", "0", "greater than 0"),
+        ("PERDURE_RETENTION_KEEP", "failed,finished", "unknown status 'finished'"),
         ("PERDURE_TTL", "-5", "greater than 0"),
         ("PERDURE_LEASE_TTL", "soon", "valid number"),
         ("PERDURE_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
@@ -137,6 +141,48 @@ def test_invalid_file_value_and_unknown_key_name_the_file(tmp_path: Path) -> Non
     (tmp_path / "perdure.toml").write_text("lease_ttl = \n")
     with pytest.raises(UserError, match="invalid TOML"):
         load_settings()
+
+
+def test_retention_keep_from_environment_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Comma-separated in the environment, a string or a list in TOML; normalised, sorted, unique."""
+    monkeypatch.setenv("PERDURE_RETENTION_KEEP", " Failed, paused,failed ")
+    loaded = load_settings()
+    assert loaded.retention_keep == ("failed", "paused")
+    assert loaded.origins["retention_keep"] == "environment"
+    row = next(r for r in describe(loaded) if r.name == "retention_keep")
+    assert (row.env, row.value, row.source) == ("PERDURE_RETENTION_KEEP", "failed,paused", "environment")
+    monkeypatch.delenv("PERDURE_RETENTION_KEEP")
+    (tmp_path / "perdure.toml").write_text('retention_keep = ["cancelled", "failed"]\n')
+    assert load_settings().retention_keep == ("cancelled", "failed")
+    write_pyproject(tmp_path, 'retention_keep = "completed"')
+    (tmp_path / "perdure.toml").unlink()
+    assert load_settings().retention_keep == ("completed",)
+    assert load_settings(retention_keep=[]).retention_keep == ()
+    unset = next(r for r in describe(load_settings(retention_keep="")) if r.name == "retention_keep")
+    assert unset.value is None
+    (tmp_path / "perdure.toml").write_text("retention_keep = 3\n")
+    with pytest.raises(UserError, match=r"PERDURE_RETENTION_KEEP \(retention_keep, from perdure.toml\)"):
+        load_settings()
+
+
+def test_retention_keep_is_the_default_of_every_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cleanup_old_executions()` without keep_statuses keeps what PERDURE_RETENTION_KEEP names."""
+    store = SQLiteDurableStorage(tmp_path / "keep.db")
+    old = datetime.now(UTC) - timedelta(days=30)
+    for status in (ExecutionStatus.FAILED, ExecutionStatus.PAUSED, ExecutionStatus.COMPLETED):
+        store.save_state(
+            ExecutionRecord(execution_id=f"old-{status.value}", status=status, updated_at=old, created_at=old)
+        )
+    monkeypatch.setenv("PERDURE_RETENTION_KEEP", "failed,paused")
+    settings(reload=True)
+    assert store.count_old_executions(7) == 1
+    assert store.cleanup_old_executions(7) == 1
+    assert {h.execution_id for h in store.list_executions()} == {"old-failed", "old-paused"}
+    assert store.cleanup_old_executions(7, keep_statuses=["paused"]) == 1  # an argument wins
+    assert {h.execution_id for h in store.list_executions()} == {"old-paused"}
+    store.close()
 
 
 def test_compression_values_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ calls and without repeating finished tool calls.
 from __future__ import annotations
 
 from .agent import Agent, AgentRunOutput, Task, register, tool
+from .alerts import Alert, AlertRule, monitor
 from .db import Database, SqliteDatabase
 from .durable import (
     CircuitBreaker,
@@ -21,15 +22,19 @@ from .durable import (
 )
 from .durable.checkpoints import Checkpoint, create_checkpoint
 from .errors import PerdureError
+from .events import ExecutionSummary, add_listener, execution_summary, execution_summary_async, watch
 from .workflows import now, random, save_state, sleep, sleep_until, state, step, workflow
 
 __all__ = [
     "Agent",
     "AgentRunOutput",
+    "Alert",
+    "AlertRule",
     "Checkpoint",
     "CircuitBreaker",
     "Database",
     "DurableExecution",
+    "ExecutionSummary",
     "PerdureDurability",
     "PerdureError",
     "RetryPolicy",
@@ -37,9 +42,13 @@ __all__ = [
     "StepContext",
     "Task",
     "ToolResolution",
+    "add_listener",
     "create_checkpoint",
     "current_step",
+    "execution_summary",
+    "execution_summary_async",
     "idempotency_key",
+    "monitor",
     "now",
     "random",
     "register",
@@ -49,6 +58,7 @@ __all__ = [
     "state",
     "step",
     "tool",
+    "watch",
     "workflow",
 ]
 

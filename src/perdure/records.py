@@ -28,6 +28,7 @@ __all__ = [
     "PendingCall",
     "PendingDecision",
     "ReplayStats",
+    "SavedTotals",
     "StepKind",
     "StepRecord",
     "TaskSnapshot",
@@ -148,6 +149,15 @@ class UsageTotals(_Record):
         return self.input_tokens + self.output_tokens
 
 
+class SavedTotals(_Record):
+    """What every resume of an execution took from the journal instead of paying again, summed."""
+
+    requests: int = 0
+    tokens: int = 0
+    tool_calls: int = 0
+    other: int = 0
+
+
 class ReplayStats(_Record):
     """What the latest resume took from the journal instead of running again."""
 
@@ -191,6 +201,9 @@ class TaskSnapshot(_Record):
     """The registered name of the workflow this execution runs (None for an agent run)."""
     workflow_args: dict[str, Any] | None = None
     """The workflow's arguments as JSON (`{"arguments": {name: value}}`), for the calls of its resumes."""
+    expected_steps: int | None = None
+    """How many units the run is expected to take (`Task(expected_steps=N)`, `@workflow(steps=N)`):
+    the denominator of `execution_summary`'s completion percentage. None: unknown."""
 
 
 class IdentityChange(_Record):
@@ -258,6 +271,8 @@ class ExecutionRecord(_Record):
     task: TaskSnapshot = Field(default_factory=TaskSnapshot)
     usage: UsageTotals = Field(default_factory=UsageTotals)
     replay: ReplayStats = Field(default_factory=ReplayStats)
+    saved: SavedTotals = Field(default_factory=SavedTotals)
+    """Summed over all resumes (`replay` is the latest attempt's only)."""
     next_seq: int = 0
     """Number of journal entries; the next entry gets this sequence number."""
     attempts: int = 0

@@ -10,7 +10,8 @@ environment, `perdure.toml`, `pyproject.toml`, the defaults.
     compression                `zstd` or `none`: default codec of storages built from a URL
     compression_min_bytes      payloads of at least this many bytes are compressed (with zstd)
     retention_days             days `cleanup_old_executions()`, `perdure cleanup` and the worker keep
-    ttl                        seconds before Redis records expire (completed executions elsewhere: not yet)
+    retention_keep             statuses those cleanups never delete (comma-separated, e.g. `failed,paused`)
+    ttl                        seconds before Redis records expire; completed executions' expiry (worker)
     secret_key                 key signing resume tokens (at least 16 bytes)
     lease_ttl                  default lease seconds of an execution
     log_level                  level of the `perdure` logger set by the CLI and the worker
@@ -30,13 +31,14 @@ import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     PyprojectTomlConfigSettingsSource,
     SettingsConfigDict,
@@ -44,6 +46,7 @@ from pydantic_settings import (
 )
 
 from .errors import UserError
+from .records import ExecutionStatus
 
 __all__ = [
     "ENV_PREFIX",
@@ -93,8 +96,17 @@ class PerdureSettings(BaseSettings):
     retention_days: float | None = Field(
         default=None, gt=0, description="Days to keep executions (cleanup default; worker cleanup)."
     )
+    retention_keep: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Statuses cleanups never delete, comma-separated (e.g. failed,paused).",
+    )
     ttl: float | None = Field(
-        default=None, gt=0, description="Seconds before Redis records expire (default ttl of redis:// URLs)."
+        default=None,
+        gt=0,
+        description=(
+            "Seconds before Redis records expire (default ttl of redis:// URLs); perdure worker "
+            "deletes completed executions this long after they completed."
+        ),
     )
     secret_key: SecretStr | None = Field(default=None, description="Key signing resume tokens.")
     lease_ttl: float = Field(default=30.0, gt=0, description="Default lease seconds of an execution.")
@@ -124,6 +136,11 @@ class PerdureSettings(BaseSettings):
         if value == "zstd" and importlib.util.find_spec("zstandard") is None:
             raise ValueError("zstd compression needs the 'zstandard' package: pip install perdure[zstd]")
         return value
+
+    @field_validator("retention_keep", mode="before")
+    @classmethod
+    def _check_keep(cls, value: Any) -> Any:
+        return keep_statuses(value)
 
     @field_validator("secret_key")
     @classmethod
@@ -190,6 +207,28 @@ def _sources(
         (PERDURE_TOML, own_source),
         (PYPROJECT, project_source),
     ]
+
+
+def keep_statuses(value: Any) -> tuple[str, ...]:
+    """Statuses to keep from `failed,paused`, a list of names or `ExecutionStatus`es; sorted, unique.
+
+    None or empty keeps nothing. `ValueError` names an unknown status and lists the known ones.
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset):
+        raise ValueError(f"expected statuses such as 'failed,paused', got {value!r}")
+    known = [s.value for s in ExecutionStatus]
+    kept: set[str] = set()
+    for item in items:
+        name = item.value if isinstance(item, ExecutionStatus) else str(item).strip().lower()
+        if not name:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown status {name!r}; expected some of {', '.join(known)}")
+        kept.add(name)
+    return tuple(sorted(kept))
 
 
 def _env_name(field: str) -> str:
@@ -277,6 +316,8 @@ def _shown(name: str, value: Any) -> str | None:
         from ._redact import mask_url
 
         return mask_url(str(value))
+    if isinstance(value, tuple):
+        return ",".join(value) or None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

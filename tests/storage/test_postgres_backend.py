@@ -347,7 +347,11 @@ def test_indexes_exist_and_serve_list_stats_and_cleanup(
     assert f"using {prefix}heads_status_idx" in plan(store._sql.list_status, ("paused", 20))
     assert f"Index Only Scan using {prefix}heads_status_idx" in plan(store._sql.stats, ())
     cutoff = datetime.now(UTC) - timedelta(days=13)
-    assert f"{prefix}heads_updated_idx" in plan(store._sql.cleanup, (cutoff,))
+    for keep in ([], ["paused"]):  # a batch of cleanup, and the count of its progress bar
+        params = {"cutoff": cutoff, "keep": keep, "limit": 500}
+        assert f"{prefix}heads_updated_idx" in plan(store._sql.cleanup, params)
+        counted = plan(store._sql.count_old, params)  # either index answers it, never a table scan
+        assert "Index" in counted and "Seq Scan" not in counted, counted
     # And the answers match.
     assert [r.execution_id for r in store.list_executions(limit=1)] == ["seed"]
     assert store.get_stats()["by_status"] == {

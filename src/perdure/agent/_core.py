@@ -155,6 +155,7 @@ class AgentCore:
                     retry=self.retry_policy,
                     tool_retry=self.tool_retry_policy,
                     circuit_breaker=self.circuit_breaker,
+                    warn_outside_execution=durable,  # a non-durable task runs plainly on purpose
                 )
             ],
         )
@@ -180,6 +181,7 @@ class AgentCore:
             agent_name=self.name,
             instructions=self.instructions,
             context=task.context,
+            expected_steps=task.expected_steps,
         )
 
     def _rebuild(

@@ -34,6 +34,8 @@ class Task(Generic[OutputT]):
         durable_execution_id: The id of an existing execution this task stands for, resolved in the
             storage of the agent's `db` when no `durable_execution` is given.
         context: JSON data stored with the execution for the application's own use.
+        expected_steps: How many units (model requests and tool calls) the task is expected to
+            take: the total of `execution_summary`'s completion percentage. None: unknown.
 
     """
 
@@ -47,6 +49,7 @@ class Task(Generic[OutputT]):
         durable_execution: DurableExecution | None = None,
         durable_execution_id: str | None = None,
         context: dict[str, Any] | None = None,
+        expected_steps: int | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -58,6 +61,7 @@ class Task(Generic[OutputT]):
         durable_execution: DurableExecution | None = None,
         durable_execution_id: str | None = None,
         context: dict[str, Any] | None = None,
+        expected_steps: int | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -68,6 +72,7 @@ class Task(Generic[OutputT]):
         durable_execution: DurableExecution | None = None,
         durable_execution_id: str | None = None,
         context: dict[str, Any] | None = None,
+        expected_steps: int | None = None,
     ) -> None:
         if (
             durable_execution is not None
@@ -88,6 +93,11 @@ class Task(Generic[OutputT]):
         self.durable_execution = durable_execution
         self._execution_id = durable_execution_id
         self.context = dict(context or {})
+        if expected_steps is not None and (
+            isinstance(expected_steps, bool) or not isinstance(expected_steps, int) or expected_steps < 1
+        ):
+            raise UserError(f"Task(expected_steps=...) must be a positive int, got {expected_steps!r}.")
+        self.expected_steps = expected_steps
         self.response: Any = None
         """What the last `do` / `continue_run` returned: the output, or `DeferredToolRequests` when paused."""
         self.status: ExecutionStatus | None = None

@@ -6,6 +6,8 @@ r"""The `perdure` command: a recovery worker and a few operator commands.
     perdure [--debug] show   --storage URL EXECUTION_ID [--steps N] [--json]
     perdure [--debug] config [--json]
     perdure [--debug] cleanup --storage URL [--older-than 7d] [--batch-size N] [--json]
+    perdure [--debug] monitor --storage URL --alert failed:5:10m [--alert-webhook URL] [--once]
+    perdure [--debug] watch  --storage URL [EXECUTION_ID] [--follow] [--from-start] [--json]
 
 `--storage` also reads `PERDURE_STORAGE` and defaults to the `PERDURE_STORAGE_URL` setting (see
 `perdure.settings`; `perdure config` shows the effective settings), `--app` also reads
@@ -25,7 +27,9 @@ such as `\x1b`, so a record cannot drive the operator's terminal. `--json` outpu
 Modules, one concept each, importing only in this direction: `_format` (escaping untrusted text)
 <- `_app` (the typer app, `--debug`, errors and exit codes) <- `_resolve` (`--app`) <- `_worker`
 (`perdure worker`); `_inspect` (`list`, `stats`, `show`) and `_config` (`config`) use `_app` and
-`_format`; `_cleanup` (`cleanup`) uses `_app` and `_format`. This module
+`_format`; `_cleanup` (`cleanup`) uses `_app` and `_format`; `_alert_options` (`--alert`, used by
+`_worker` and `_monitor`) uses `_app`; `_monitor` (`monitor`) uses `_app`, `_format` and it;
+`_watch` (`watch`) uses `_app` and `_format`. This module
 imports the command modules, which registers the commands on `app`, and re-exports the names callers
 and tests use. `storage_from_url` and `Worker` are looked up here when a command runs, so
 `monkeypatch.setattr(perdure.cli, "Worker", Fake)` still replaces them.
@@ -49,6 +53,12 @@ from ._config import config as config
 
 # isort: split
 from ._cleanup import cleanup as cleanup
+
+# isort: split
+from ._monitor import monitor as monitor
+
+# isort: split
+from ._watch import watch_command as watch_command
 
 # isort: split
 from ..durable.worker import Worker as Worker

@@ -1,11 +1,15 @@
 """`perdure cleanup`: delete old executions in batches, with a progress bar and a one-line summary.
 
-The command lists the executions last updated before the cutoff, oldest first, and deletes them in
-batches of `--batch-size`: each batch is one `cleanup_old_executions_async` call whose cutoff is the
-`updated_at` just past the batch's newest execution (the last batch uses the cutoff itself). So the
-storage's own cleanup does the deleting, with its guarantees: an execution with an unexpired lease
-(running) is never deleted, an execution updated since the listing is left alone, old tombstones are
-purged. The progress bar goes to stderr; stdout gets the summary line (or `--json`).
+The command counts the executions last updated before the cutoff whose status is not kept
+(`count_old_executions_async`, an index count: no head is loaded), then deletes them oldest first in
+batches of `--batch-size`: each batch is one `cleanup_old_executions_async(limit=batch_size)` call
+with the same cutoff, until a call deletes less than a batch. So the storage's own cleanup does the
+deleting, with its guarantees: an execution with an unexpired lease (running) or a status of
+`--keep-status` (default `PERDURE_RETENTION_KEEP`) is never deleted, old tombstones are purged, and
+the built-in backends write each batch as short transactions, so running executions keep writing
+their steps meanwhile. The count less the deleted ones is reported as running (kept): executions
+leased, or updated since the count. The progress bar goes to stderr; stdout gets the summary line
+(or `--json`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..records import ExecutionRecord, utcnow
+from ..errors import UserError
+from ..records import utcnow
 from ..storage import DurableExecutionStorage
-from ..storage.base import retention_days
+from ..storage.base import retention_days, retention_keep
 from ._app import JsonOption, StorageOption, _query, _usage, app
 from ._format import _json, safe_text
 
@@ -29,7 +34,6 @@ __all__ = ["cleanup", "parse_age"]
 
 _AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([dhm]?)\s*", re.IGNORECASE)
 _UNIT_DAYS = {"": 1.0, "d": 1.0, "h": 1 / 24, "m": 1 / 1440}
-_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 def parse_age(value: str) -> float:
@@ -40,42 +44,36 @@ def parse_age(value: str) -> float:
     return float(match.group(1)) * _UNIT_DAYS[match.group(2).lower()]
 
 
-def _running(head: ExecutionRecord, now: Any) -> bool:
-    return head.lease_owner is not None and head.lease_expires_at is not None and head.lease_expires_at > now
-
-
 async def _clean(
-    store: DurableExecutionStorage, days: float, batch_size: int, progress: Progress | None
+    store: DurableExecutionStorage,
+    days: float,
+    keep: frozenset[str],
+    batch_size: int,
+    progress: Progress | None,
 ) -> dict[str, Any]:
-    """List the old executions, delete them in batches (see the module doc), count what happened."""
+    """Count the old executions, delete them in batches (see the module doc), count what happened."""
     started = time.monotonic()
-    now = utcnow()
-    cutoff = now - timedelta(days=days)
-    old = sorted(
-        (h for h in await store.list_executions_async() if h.updated_at < cutoff),
-        key=lambda h: (h.updated_at, h.execution_id),
-    )
-    running = sum(1 for h in old if _running(h, now))
-    candidates = [h for h in old if not _running(h, now)]
-    task = progress.add_task("deleting", total=len(candidates)) if progress is not None else None
+    cutoff = utcnow() - timedelta(days=days)
+    old = await store.count_old_executions_async(days, keep_statuses=keep)
+    task = progress.add_task("deleting", total=old) if progress is not None else None
     deleted = 0
-    for start in range(0, len(candidates), batch_size):
-        chunk = candidates[start : start + batch_size]
-        last = start + batch_size >= len(candidates)
-        # Everything up to this batch's newest execution, never past the command's cutoff.
-        span = (utcnow() - (chunk[-1].updated_at + _ONE_MICROSECOND)) / timedelta(days=1)
-        deleted += await store.cleanup_old_executions_async(days if last else max(span, days))
+    while True:
+        # The same cutoff for every batch: executions that grow old meanwhile wait for the next run.
+        span = max((utcnow() - cutoff) / timedelta(days=1), days)
+        done = await store.cleanup_old_executions_async(span, keep_statuses=keep, limit=batch_size)
+        deleted += done
         if progress is not None and task is not None:
-            progress.update(task, advance=len(chunk))
-    if not candidates:  # still purge the old tombstones
-        deleted += await store.cleanup_old_executions_async(days)
+            progress.update(task, advance=done)
+        if done < batch_size:
+            break
     return {
         "backend": store.backend_name,
         "older_than_days": days,
         "cutoff": cutoff.isoformat(timespec="seconds"),
-        "old": len(old),
+        "keep_statuses": sorted(keep),
+        "old": max(old, deleted),
         "deleted": deleted,
-        "running_skipped": running,
+        "running_skipped": max(old - deleted, 0),
         "seconds": round(time.monotonic() - started, 3),
     }
 
@@ -110,6 +108,16 @@ def cleanup(
             "(default: PERDURE_RETENTION_DAYS, else 7d).",
         ),
     ] = None,
+    keep_status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-status",
+            metavar="STATUS",
+            show_default=False,
+            help="Never delete executions with this status (repeatable or comma-separated, e.g. failed) "
+            "[default: PERDURE_RETENTION_KEEP, else none].",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Executions deleted per batch.")] = 500,
     as_json: JsonOption = False,
 ) -> None:
@@ -118,10 +126,14 @@ def cleanup(
         days = retention_days(None if older_than is None else parse_age(older_than))
     except ValueError as exc:
         _usage(f"--older-than: {exc}")
+    try:
+        keep = retention_keep(None if keep_status is None else ",".join(keep_status))
+    except UserError as exc:
+        _usage(f"--keep-status: {str(exc).removeprefix('keep_statuses: ')}")
 
     async def work(store: DurableExecutionStorage) -> dict[str, Any]:
         if as_json:
-            return await _clean(store, days, batch_size, None)
+            return await _clean(store, days, keep, batch_size, None)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(bar_width=30),
@@ -129,7 +141,7 @@ def cleanup(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            return await _clean(store, days, batch_size, progress)
+            return await _clean(store, days, keep, batch_size, progress)
 
     result = _query(storage, work)
     typer.echo(_json(result) if as_json else _summary(result))

@@ -64,13 +64,16 @@ def _cell(value: object, *, fold: bool = False) -> Text:
     return Text(safe_text(value), no_wrap=True, overflow="ellipsis")
 
 
-def _json(data: Any) -> str:
+def _json(data: Any, *, compact: bool = False) -> str:
     r"""Exact JSON, non-ASCII kept readable, every control character escaped.
 
     `--json` output is read by programs, so it must stay exact JSON: escaping with JSON's own `\uNNNN`
     (not `safe_text`) keeps the decoded values unchanged while the text stays inert in a terminal.
     """
-    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if compact:  # one object per line (JSON Lines)
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(data, indent=2, ensure_ascii=False)
     return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

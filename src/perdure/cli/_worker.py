@@ -22,6 +22,8 @@ from ..errors import StorageNotFoundError, UserError
 from ..records import ExecutionStatus
 from ..settings import settings
 from ..storage import DurableExecutionStorage
+from ..storage.base import retention_keep as retention_keep_statuses
+from ._alert_options import AlertOption, AlertWebhookOption, parse_alerts
 from ._app import EXIT_FAILURE, StorageOption, _open, _quiet, _replaceable, _run, _storage_url, _usage, app
 from ._format import _SafeFormatter, safe_text
 from ._resolve import build_resolver
@@ -146,21 +148,40 @@ def worker(
     cleanup_every: Annotated[
         float, typer.Option(min=1, help="Seconds between two cleanups (with --retention-days).")
     ] = 3600.0,
+    retention_keep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retention-keep",
+            metavar="STATUS",
+            show_default=False,
+            help="Statuses the scheduled cleanup never deletes (repeatable or comma-separated, e.g. "
+            "failed) [default: PERDURE_RETENTION_KEEP, else none].",
+        ),
+    ] = None,
+    alert: AlertOption = None,
+    alert_webhook: AlertWebhookOption = None,
 ) -> None:
     """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM.
 
-    `--storage`, `--lease-ttl`, `--log-level` and `--retention-days` default to perdure's settings
-    (`perdure config`): `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL`, `PERDURE_LOG_LEVEL` (else INFO)
-    and `PERDURE_RETENTION_DAYS` (else no cleanup).
+    `--storage`, `--lease-ttl`, `--log-level`, `--retention-days` and `--retention-keep` default to
+    perdure's settings (`perdure config`): `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL`,
+    `PERDURE_LOG_LEVEL` (else INFO), `PERDURE_RETENTION_DAYS` (else no cleanup) and
+    `PERDURE_RETENTION_KEEP`; with `PERDURE_TTL` set, completed executions are deleted that many
+    seconds after they completed, on the cleanup schedule.
     """
     configured = settings()
     log_level = log_level or configured.log_level or "INFO"
     lease_ttl = configured.lease_ttl if lease_ttl is None else lease_ttl
     retention_days = configured.retention_days if retention_days is None else retention_days
+    try:
+        keep = retention_keep_statuses(None if retention_keep is None else ",".join(retention_keep))
+    except UserError as exc:
+        _usage(f"--retention-keep: {str(exc).removeprefix('keep_statuses: ')}")
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         _usage(f"--log-level: unknown level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
     changes = _allow_changes(allow_changes)
+    alerts = parse_alerts(alert, alert_webhook)
     resolver = build_resolver(app_refs)  # before connecting: a wrong --app never touches the storage
     url = _storage_url(storage)
     handler = logging.StreamHandler(sys.stderr)
@@ -191,6 +212,9 @@ def worker(
                 options=options,
                 retention_days=retention_days,
                 cleanup_every=cleanup_every,
+                retention_keep=keep,
+                completed_ttl=configured.ttl,
+                alerts=alerts,
             )
             await _probe(store, once=once, poll_interval=poll_interval)
             report = await runner.run_async(once=once, handle_signals=True)

@@ -19,7 +19,7 @@ from .circuit import CircuitBreaker, circuit_breaker_for, circuit_stats
 from .decisions import ToolResolution
 from .durable_agent import DurableAgent
 from .engine import AgentFactory, AttemptResult, ResumeTarget
-from .execution import DurableExecution
+from .execution import DurableEventStream, DurableExecution, StreamedEvent
 from .journal import ExecutionAborted, StepContext, current_step, idempotency_key
 from .retry import RetryPolicy
 from .transient import is_transient
@@ -36,6 +36,7 @@ __all__ = [
     "Checkpoint",
     "CircuitBreaker",
     "DurableAgent",
+    "DurableEventStream",
     "DurableExecution",
     "DurableExecutionStorage",
     "DurableStorage",
@@ -50,6 +51,7 @@ __all__ = [
     "SQLiteDurableStorage",
     "StatefulWorkflow",
     "StepContext",
+    "StreamedEvent",
     "ToolResolution",
     "circuit_breaker_for",
     "circuit_stats",

@@ -23,6 +23,7 @@ from pydantic_ai.exceptions import UserError as PydanticAIUserError
 from ..errors import ExecutionAborted, IdentityError, NonIdempotentReplayError, UserError
 from ..records import PendingDecision
 from ..storage.base import DurableExecutionStorage
+from ..telemetry import attempt_span
 from .journal import JournalRun, pending_call
 from .leases import heartbeat
 
@@ -76,9 +77,11 @@ async def attempt_scope(
         run.head.lease_expires_at = expires  # type: ignore[assignment]
 
     token = run.activate()
+    span = attempt_span(run)  # OpenTelemetry (`perdure.telemetry`); a no-op when off
+    run.emit_start()
     beat = asyncio.create_task(heartbeat(storage, execution_id, worker_id, lease_ttl, renewed))
     try:
-        with replay_scope(), PydanticAgent.using_thread_executor(run.threads):
+        with span, replay_scope(), PydanticAgent.using_thread_executor(run.threads):
             yield
     except IdentityError:
         raise  # refused before anything ran: the head stays as it was
@@ -98,4 +101,5 @@ async def attempt_scope(
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
+        span.end()
         JournalRun.deactivate(token)

@@ -8,11 +8,12 @@ installed) the agent behaves exactly like a plain pydantic-ai agent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from pydantic_ai import RunContext
+from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.durable_exec import (
     BaseDurabilityCapability,
     DurabilityEngineSpec,
@@ -25,13 +26,16 @@ from pydantic_ai.durable_exec import (
     ToolsetValidateToolArgumentsId,
     conversation_id_from_run_id,
 )
+from pydantic_ai.messages import AgentStreamEvent
 from pydantic_ai.models import ModelRequestContext
 from pydantic_ai.tools import AgentDepsT
 
 from ..codec import JOURNAL_CODEC
 from ..errors import UserError
 from ..records import StepKind
+from . import _streaming
 from ._keys import MODEL_REQUEST, workflow_key, workflow_scope
+from ._outside import warn_outside_execution
 from .circuit import CircuitBreaker
 from .identity import instructions_hash
 from .journal import UnitIdentity, current_run, in_unit_scope, serialization_failure
@@ -109,6 +113,7 @@ class _JournalBackend(JournalCallableOperationBackend[StepConfig]):
         run = current_run()
         if run is None:  # pragma: no cover - the capability only dispatches inside an execution
             return await body()
+        body = _streaming.live_body(body)  # a unit that runs live switches a stream from replay to live
         return await run.run_unit(_unit_identity(operation_id, name, cache_key), body, config)
 
 
@@ -145,6 +150,8 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         tool_retry: RetryPolicy | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         name: str | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        warn_outside_execution: bool = True,
         **kwargs: Any,
     ) -> None:
         """Configure the engine for one agent.
@@ -154,6 +161,12 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             tool_retry: Default retry policy of tool calls; a tool's own policy wins.
             circuit_breaker: Breaker guarding the agent's model requests.
             name: Name of the agent's durable units (defaults to the agent's name).
+            event_stream_handler: pydantic-ai's capability-level handler: it gets the live model
+                stream inside each model request unit and every other event once, journaled (not
+                again on resume). To stream a run to a consumer, replay included, use
+                `DurableExecution.run_agent_stream_events` instead.
+            warn_outside_execution: Log a one-time warning when the agent runs outside a durable
+                execution (nothing is saved then); False when that is intended.
             **kwargs: Passed to pydantic-ai's `BaseDurabilityCapability`, e.g. `models=`: the model
                 instances a run may pass with `run_agent(..., model=...)`, as a mapping
                 `{key: model}` or a list (keyed by `provider:model name`).
@@ -162,7 +175,11 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         models = kwargs.get("models")
         if isinstance(models, list | tuple):  # a list of instances: key each by its model name
             kwargs["models"] = {_model_key(m): m for m in models}
-        super().__init__(name=name, **kwargs)
+        # pydantic-ai hands the live model stream of a unit to the capability-level handler only: the
+        # forwarder passes it on to a streamed execution's consumer (perdure.durable._streaming).
+        self._user_event_handler = event_stream_handler
+        super().__init__(name=name, event_stream_handler=_streaming.forwarder(event_stream_handler), **kwargs)
+        self.warn_outside_execution = warn_outside_execution
         self.retry = retry
         self.tool_retry = tool_retry
         self.circuit_breaker = circuit_breaker
@@ -213,10 +230,13 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         """
         run = current_run()
         if run is None:
+            if self.warn_outside_execution:
+                warn_outside_execution(self.name)
             return await super().wrap_run(ctx, handler=handler)
         unit = STEP.get(None)
         if unit is not None:  # inside a unit's body (a tool, a workflow step): part of that unit
-            with run.scoped(f"{unit.key}/{self.name}#{run.sub_ordinal(unit.key, self.name)}/"):
+            prefix = f"{unit.key}/{self.name}#{run.sub_ordinal(unit.key, self.name)}/"
+            with run.scoped(prefix), _streaming.muted():  # its events stay out of the outer stream
                 return await super().wrap_run(ctx, handler=handler)
         if run.workflow is None or in_unit_scope():
             return await super().wrap_run(ctx, handler=handler)
@@ -225,6 +245,20 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         await run.mark_position(workflow_key(position), StepKind.AGENT, name, {"agent": self.name})
         with run.scoped(workflow_scope(position)):
             return await super().wrap_run(ctx, handler=handler)
+
+    @property
+    def has_wrap_run_event_stream(self) -> bool:
+        """Stream the run's nodes only for a handler of the user's or a streamed execution."""
+        return self._user_event_handler is not None or _streaming.streaming_active()
+
+    async def wrap_run_event_stream(
+        self, ctx: RunContext[AgentDepsT], *, stream: AsyncIterable[AgentStreamEvent]
+    ) -> AsyncIterable[AgentStreamEvent]:
+        """Copy the run's events to a streamed execution's consumer (see `perdure.durable._streaming`)."""
+        if self._user_event_handler is not None:  # pydantic-ai's delivery to the capability-level handler
+            stream = super().wrap_run_event_stream(ctx, stream=stream)
+        async for event in _streaming.relay(stream):
+            yield event
 
     @property
     def in_durable_context(self) -> bool:

@@ -27,6 +27,7 @@ from ..errors import ExecutionCompletedError, StorageNotFoundError, UserError
 from ..records import ExecutionStatus, StepRecord, TaskSnapshot, new_execution_id
 from ..storage.base import DurableExecutionStorage
 from ..storage.url import storage_from_url
+from ._outside import outside_execution_ok
 from .capability import PerdureDurability
 from .checkpoints import (
     Checkpoint,
@@ -124,7 +125,8 @@ class DurableAgent:
         if current_run() is not None:  # a nested run (a workflow, a tool): journaled where it runs
             return await self.agent.run(prompt, **run_kwargs)
         if self.checkpoint_every_n_steps == 0:  # not journaled: manual checkpoints only
-            return await self.agent.run(prompt, **run_kwargs)
+            with outside_execution_ok():  # deliberate: no warning that nothing is saved
+                return await self.agent.run(prompt, **run_kwargs)
         head = await self._head()
         if head is not None and head.status is ExecutionStatus.COMPLETED:
             self.workflow_id = new_execution_id()

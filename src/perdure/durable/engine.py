@@ -33,6 +33,7 @@ from ..errors import (
     StorageNotFoundError,
     UserError,
 )
+from ..events._bus import Emitter, EventBus, EventStream, Listener
 from ..records import (
     ExecutionRecord,
     ExecutionStatus,
@@ -144,6 +145,10 @@ class ExecutionHandle:
             (30 s).
         wait_for_lease: Seconds to wait for another worker's lease instead of raising
             `ExecutionLeasedError` at once (None: do not wait).
+        on_event: Called with every event of this handle's attempts (`perdure.events`): unit started,
+            completed, replayed, retried, failed; execution started, resumed, paused, failed,
+            completed, cancelled. May be a coroutine function (scheduled, not awaited). A listener
+            that raises is logged once and never breaks the run.
 
     A handle stands for one execution: once it completed, running it again (another prompt, or the
     same) raises `ExecutionCompletedError`, whether or not `auto_cleanup` deleted its records.
@@ -160,6 +165,7 @@ class ExecutionHandle:
         worker_id: str | None = None,
         lease_ttl: float | None = None,
         wait_for_lease: float | None = None,
+        on_event: Listener | None = None,
     ) -> None:
         if storage is None or lease_ttl is None:
             configured = settings()
@@ -179,11 +185,24 @@ class ExecutionHandle:
         self.batch_size = 1
         """Units per storage write (`DurableAgent(checkpoint_every_n_steps=N)`); see `JournalRun`."""
         self._completed = False
+        self.event_bus = EventBus()
+        """The listeners of this handle's events (`on_event`, `events()`)."""
+        if on_event is not None:
+            self.event_bus.subscribe(on_event)
         if debug:
             enable_debug_logging()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(execution_id={self.execution_id!r}, storage={self.storage!r})"
+
+    def events(self, *, follow: bool = False) -> EventStream:
+        """`async for event in handle.events()`: this handle's events as they happen, in order.
+
+        Listening starts when this is called, so call it before starting the run (for example in a
+        task created before `await handle.run_agent_async(...)`). The iteration ends after the event
+        that ends the attempt (completed, failed, paused, cancelled) unless `follow=True`.
+        """
+        return EventStream(self.event_bus, follow=follow)
 
     # ---- running agents ---------------------------------------------------------------------------
 
@@ -196,6 +215,7 @@ class ExecutionHandle:
         on_unit: Callable[[StepRecord, bool], None] | None = None,
         metadata: Mapping[str, Any] | None = None,
         allow_changes: Iterable[str] | None = None,
+        expected_steps: int | None = None,
         **run_kwargs: Any,
     ) -> AttemptResult[OutputT]:
         """Run `agent` on `prompt` as execution `self.execution_id`, resuming it if it exists.
@@ -210,10 +230,14 @@ class ExecutionHandle:
             metadata: JSON data stored with a new execution (tenant, session, user, ...).
             allow_changes: Identity differences to accept on purpose when the execution exists:
                 any of `"tools"`, `"output"`, `"instructions"`, `"prompt"`.
+            expected_steps: How many units (model requests and tool calls) the run is expected to
+                take, for the completion percentage of `perdure.execution_summary`.
             **run_kwargs: Passed to `agent.run` (`deps`, `usage_limits`, `model`, ...).
 
         """
         snapshot = task or TaskSnapshot(description=prompt, agent_name=agent.name)
+        if expected_steps is not None:
+            snapshot = snapshot.model_copy(update={"expected_steps": expected_steps})
         if not snapshot.description:
             snapshot = snapshot.model_copy(update={"description": prompt})
         return await self.execute_async(
@@ -411,6 +435,7 @@ class ExecutionHandle:
         )
         run.batch_size = self.batch_size
         run.on_unit = on_unit
+        run.events = Emitter((self.event_bus,))
         await journal_approval_round(run, head.pending, approvals)
         kwargs = dict(target.run_kwargs)
         user_prompt = continue_round(run, kwargs, run_prompt)

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from pydantic_ai import Agent as PydanticAgent
+
 from .._sync import run_sync, sync_twin
 from ..errors import UserError
 from ..records import ExecutionStatus, StepRecord
 from ..storage.base import DurableExecutionStorage
+from ._streaming import DurableEventStream, StreamedEvent
 from .checkpoints import (
     Checkpoint,
     create_checkpoint_async,
@@ -28,10 +31,11 @@ from .checkpoints import (
 from .engine import AttemptResult, ExecutionHandle
 from .recovery import recover_interrupted_async
 
-__all__ = ["AttemptResult", "DurableExecution"]
+__all__ = ["AttemptResult", "DurableEventStream", "DurableExecution", "StreamedEvent"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 R = TypeVar("R")
+OutputT = TypeVar("OutputT")
 
 
 class _HybridMethod(Generic[_F]):
@@ -96,6 +100,30 @@ class DurableExecution(ExecutionHandle):
     def delete(self, *, force: bool = False) -> bool:
         """Delete this execution's records (a running one only with `force`; see `delete_state_async`)."""
         return self.storage.delete_state(self.execution_id, force=force)
+
+    # ---- streaming (see perdure.durable._streaming) -------------------------------------------------
+
+    def run_agent_stream_events(
+        self, agent: PydanticAgent[Any, OutputT], prompt: str, **kwargs: Any
+    ) -> DurableEventStream[OutputT]:
+        """`run_agent_async`, streamed: `async for item in durable.run_agent_stream_events(agent, prompt)`.
+
+        Each item is a `StreamedEvent`: `item.event` is pydantic-ai's event (text arrives as
+        `PartDeltaEvent`s while the model produces it; tool calls and results as
+        `FunctionToolCallEvent` / `FunctionToolResultEvent`; the last item carries
+        `AgentRunResultEvent`), `item.replayed` is True for the part of the run an earlier attempt
+        already journaled, which a resume delivers at once, before anything live. After the loop,
+        `stream.result` is the `AttemptResult`. The model must support streaming
+        (`request_stream`). Each streamed model request is one unit: its final response is journaled,
+        so a crash mid-stream re-sends that request only. `kwargs` are `run_agent_async`'s.
+        """
+        return DurableEventStream(lambda: self.run_agent_async(agent, prompt, **kwargs))
+
+    def resume_agent_stream_events(
+        self, agent: PydanticAgent[Any, OutputT], **kwargs: Any
+    ) -> DurableEventStream[OutputT]:
+        """`resume_agent_async`, streamed like `run_agent_stream_events`: journaled events first, replayed."""
+        return DurableEventStream(lambda: self.resume_agent_async(agent, **kwargs))
 
     # ---- workflows --------------------------------------------------------------------------------
     # `perdure.workflow` builds on this package; it is imported when a workflow runs (no import cycle).

@@ -42,6 +42,8 @@ from ..errors import (
     NonIdempotentReplayError,
     SerializationError,
 )
+from ..events import _derive as events_of
+from ..events._bus import Emitter
 from ..records import (
     ErrorInfo,
     ExecutionIdentity,
@@ -175,6 +177,8 @@ class JournalRun:
         """The workflow this attempt runs (None: an agent run)."""
         self.on_unit: Callable[[StepRecord, bool], None] | None = None
         """Observer called after each unit with (step, replayed); used by tests and the demo."""
+        self.events = Emitter()
+        """Where this attempt's events go (the handle's listeners and the process's); see `perdure.events`."""
 
     @property
     def execution_id(self) -> str:
@@ -358,6 +362,8 @@ class JournalRun:
                 )
             if self.on_unit is not None:
                 self.on_unit(recorded, True)
+            if self.events.active:
+                self.events.emit(events_of.unit_done(self.head, recorded, replayed=True))
             return recorded.result
 
         if unit.kind is StepKind.TOOL_CALL and config.get("idempotent", True) is False:
@@ -379,6 +385,12 @@ class JournalRun:
 
         if unit.kind is StepKind.TOOL_CALL:
             _faults.point("before_tool_call", unit.name)
+        if self.events.active:
+            self.events.emit(
+                events_of.unit_started(
+                    self.head, unit.kind, unit.name, key, seq, failed + 1, unit.tool_call_id
+                )
+            )
         step_token = STEP.set(step_context())
         # Only a tool call or a workflow step can hold a side effect in a thread; other units skip
         # the task that costs ~35 us per unit (a model request cancelled mid-thread is paid again).
@@ -406,6 +418,17 @@ class JournalRun:
                     execution_id=self.execution_id,
                     unit_name=unit.name,
                 )
+        except Exception as exc:
+            if self.events.active:
+                duration = (utcnow() - started).total_seconds()
+                error = ErrorInfo.from_exception(exc)
+                attempt = self._failed_attempts[key] + 1
+                self.events.emit(
+                    events_of.unit_failed(
+                        self.head, unit.kind, unit.name, key, seq, attempt, error, duration, unit.tool_call_id
+                    )
+                )
+            raise
         finally:
             STEP.reset(step_token)
         if unit.kind is StepKind.MODEL_REQUEST:  # the result is in memory only, not journaled yet
@@ -431,6 +454,8 @@ class JournalRun:
         await self._journal_step(step)
         if self.on_unit is not None:
             self.on_unit(step, False)
+        if self.events.active:
+            self.events.emit(events_of.unit_done(self.head, step, replayed=False))
         if self._deferred_cancel:  # the unit finished in its thread after a cancellation: honour it now
             raise asyncio.CancelledError
         return result
@@ -506,6 +531,8 @@ class JournalRun:
         await self._journal_step(step, executed=False)
         if self.on_unit is not None:
             self.on_unit(step, False)
+        if self.events.active:
+            self.events.emit(events_of.unit_done(self.head, step, replayed=False))
         return step
 
     async def append_decision(self, key: str, name: str, result: Any) -> None:
@@ -524,7 +551,7 @@ class JournalRun:
         self, unit: UnitIdentity, key: str, attempt: int, exc: BaseException, delay: float
     ) -> None:
         self._failed_attempts[key] = attempt
-        await self._append_bookkeeping(
+        entry = await self._append_bookkeeping(
             StepKind.ATTEMPT,
             attempt_key(key, attempt),
             unit.name,
@@ -534,9 +561,11 @@ class JournalRun:
                 "delay": delay,
             },
         )
+        if self.events.active:
+            self.events.emit(events_of.unit_retried(self.head, entry, unit.kind))
         # call_with_retry logs the retry itself (once, at INFO).
 
-    async def _append_bookkeeping(self, kind: StepKind, key: str, name: str, result: Any) -> None:
+    async def _append_bookkeeping(self, kind: StepKind, key: str, name: str, result: Any) -> StepRecord:
         """Journal a marker, attempt or decision entry; it moves `next_seq` but not the step shown."""
         now = utcnow()
         step = StepRecord(
@@ -560,6 +589,7 @@ class JournalRun:
         self._journal[key] = step
         if kind is StepKind.DECISION:
             self._decisions += 1
+        return step
 
     async def _journal_step(self, step: StepRecord, *, executed: bool = True) -> None:
         head = self.head
@@ -603,19 +633,34 @@ class JournalRun:
 
     def _count_replay(self, step: StepRecord) -> None:
         replay = self.head.replay
+        saved = self.head.saved
         if step.kind is StepKind.MODEL_REQUEST:
             update = {
                 "replayed_model_requests": replay.replayed_model_requests + 1,
                 "tokens_saved": replay.tokens_saved + step.tokens,
             }
+            total = {"requests": saved.requests + 1, "tokens": saved.tokens + step.tokens}
         elif step.kind is StepKind.TOOL_CALL:
             update = {"replayed_tool_calls": replay.replayed_tool_calls + 1}
+            total = {"tool_calls": saved.tool_calls + 1}
         else:
             update = {"replayed_other": replay.replayed_other + 1}
+            total = {"other": saved.other + 1}
         # Replay counters are kept in memory and stored with the next write, so replay costs no I/O.
-        self.head = self.head.model_copy(update={"replay": replay.model_copy(update=update)})
+        self.head = self.head.model_copy(
+            update={"replay": replay.model_copy(update=update), "saved": saved.model_copy(update=total)}
+        )
 
     # ---- end states -----------------------------------------------------------------------------
+
+    def emit_start(self) -> None:
+        """Announce this attempt (`execution_started` or `execution_resumed`) to the listeners."""
+        if self.events.active:
+            self.events.emit(events_of.attempt_started(self.head))
+
+    def _emit_end(self) -> None:
+        if self.events.active and (event := events_of.execution_ended(self.head)) is not None:
+            self.events.emit(event)
 
     def failure_point(self) -> tuple[int, str]:
         """The step a failure belongs to: the live unit, else the position after the last step."""
@@ -628,6 +673,7 @@ class JournalRun:
         seq, name = self.failure_point()
         self.head = self.head.failed(exc, seq, name)
         await self.save_head()
+        self._emit_end()
         if self.debug:
             logger.info(
                 "[%s] checkpoint: step %d %s failed: %s", self.execution_id, seq, name, self.head.error
@@ -637,6 +683,7 @@ class JournalRun:
         """Store the head as `paused`, waiting for the human decision `pending` describes."""
         self.head = self.head.paused(pending, error)
         await self.save_head()
+        self._emit_end()
         if self.debug:
             logger.info(
                 "[%s] paused: waiting for %s of %s",
@@ -649,11 +696,13 @@ class JournalRun:
         """Store the head as `cancelled` (an operator aborted it)."""
         self.head = self.head.cancelled(exc)
         await self.save_head()
+        self._emit_end()
 
     async def mark_completed(self, output: Any) -> None:
         """Store the head as `completed` with the run's output."""
         self.head = self.head.completed(output)
         await self.save_head()
+        self._emit_end()
         if self.debug:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
 

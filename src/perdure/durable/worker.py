@@ -16,8 +16,14 @@ again meanwhile (see `perdure.durable._threads`). A second signal cancels the re
 cannot shorten a thread.
 
 Retention: with `retention_days` set, the worker also deletes executions last updated more than
-that many days ago (`cleanup_old_executions_async`, which never touches a leased, running one), at
-start-up and then at most once every `cleanup_every` seconds, logging how many it removed.
+that many days ago (`cleanup_old_executions_async`, which never touches a leased, running one, nor
+one whose status is in `retention_keep`), at start-up and then at most once every `cleanup_every`
+seconds, logging how many it removed. With `completed_ttl` set, the same schedule deletes completed
+executions that completed more than that many seconds ago (`PERDURE_TTL`).
+
+Alerts: with `alerts` (`perdure.alerts.AlertRule`s), the worker evaluates the rules at each poll and
+once more when it stops, in a task of their own (a slow webhook never delays recovery); each rule
+fires at most once per window (see `perdure.alerts`), and a failing notification is only logged.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from collections import deque
 from collections.abc import Iterable
 
 from .._sync import run_sync
+from ..alerts import AlertEvaluator, AlertRule
 from ..errors import UserError
 from ..records import ExecutionRecord, ExecutionStatus
 from ..storage.base import DurableExecutionStorage
+from ..storage.base import retention_keep as retention_keep_statuses
 from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id
 from .recovery import (
@@ -73,6 +81,12 @@ class Worker:
         retention_days: Delete executions last updated more than this many days ago, on a schedule
             (None, the default: no cleanup; `perdure worker` defaults it to `PERDURE_RETENTION_DAYS`).
         cleanup_every: Seconds between two cleanups (checked at each poll; default one hour).
+        retention_keep: Statuses the scheduled cleanup never deletes (e.g. `["failed"]`); None, the
+            default, reads `PERDURE_RETENTION_KEEP` at each cleanup; empty keeps none.
+        completed_ttl: Delete completed executions this many seconds after they completed, on the
+            cleanup schedule (None, the default: keep them; `perdure worker` defaults it to
+            `PERDURE_TTL`).
+        alerts: Alert rules evaluated at each poll and when the worker stops (see `perdure.alerts`).
 
     """
 
@@ -95,6 +109,9 @@ class Worker:
         options: RecoveryOptions | None = None,
         retention_days: float | None = None,
         cleanup_every: float = 3600.0,
+        alerts: Iterable[AlertRule] = (),
+        retention_keep: Iterable[ExecutionStatus | str] | str | None = None,
+        completed_ttl: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise UserError(f"concurrency must be >= 1, got {concurrency!r}.")
@@ -108,9 +125,19 @@ class Worker:
             raise UserError(f"cleanup_every must be > 0 seconds, got {cleanup_every!r}.")
         self.retention_days = None if retention_days is None else float(retention_days)
         self.cleanup_every = float(cleanup_every)
+        self.retention_keep = None if retention_keep is None else retention_keep_statuses(retention_keep)
+        if completed_ttl is not None and not completed_ttl > 0:
+            raise UserError(f"completed_ttl must be > 0 seconds, got {completed_ttl!r}.")
+        self.completed_ttl = None if completed_ttl is None else float(completed_ttl)
+        """Seconds a completed execution is kept (`PERDURE_TTL` for `perdure worker`); None: kept."""
+        """Statuses the scheduled cleanup keeps (None: the `retention_keep` setting at each cleanup)."""
         self.cleaned = 0
         """Executions this worker's scheduled cleanups deleted so far."""
         self._next_cleanup = 0.0
+        rules = list(alerts)
+        self.alerts = AlertEvaluator(rules) if rules else None
+        """The worker's alert rules and what they fired (`alerts.fired`); None without rules."""
+        self._alerting: asyncio.Task[object] | None = None
         self.storage = storage
         self.agent_resolver = agent_resolver
         self.concurrency = concurrency
@@ -204,7 +231,10 @@ class Worker:
         try:
             await self._loop_until_stopped(once)
             await self._drain()
+            await self._evaluate_alerts(final=True)
         finally:
+            if self._alerting is not None:
+                self._alerting.cancel()
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             # Only left over when run_async itself was cancelled: cancel them too, and wait, so that
@@ -228,6 +258,7 @@ class Worker:
         while not self._stopping:
             if not queue and not (once and polled) and time.monotonic() >= next_poll:
                 await self._cleanup_if_due()
+                await self._evaluate_alerts()
                 queue.extend(await self._poll())
                 polled = True
                 next_poll = time.monotonic() + self.poll_interval
@@ -250,12 +281,20 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), wait_for)
 
     async def _cleanup_if_due(self) -> None:
-        """Run the scheduled cleanup when retention is on and `cleanup_every` has passed."""
-        if self.retention_days is None or time.monotonic() < self._next_cleanup:
+        """Run the scheduled cleanup when retention (or a completed TTL) is on and it is due."""
+        if self.retention_days is None and self.completed_ttl is None:
+            return
+        if time.monotonic() < self._next_cleanup:
             return
         self._next_cleanup = time.monotonic() + self.cleanup_every
+        if self.completed_ttl is not None:
+            await self._expire_completed(self.completed_ttl)
+        if self.retention_days is None:
+            return
         try:
-            removed = await self.storage.cleanup_old_executions_async(self.retention_days)
+            removed = await self.storage.cleanup_old_executions_async(
+                self.retention_days, keep_statuses=self.retention_keep
+            )
         except Exception as exc:  # storage down: recovery goes on, the next cleanup tries again
             logger.error("cleanup of executions older than %g day(s) failed: %s", self.retention_days, exc)
             return
@@ -265,6 +304,30 @@ class Worker:
             removed,
             self.retention_days,
         )
+
+    async def _expire_completed(self, ttl: float) -> None:
+        """Delete completed executions that completed more than `ttl` seconds ago."""
+        others = [status for status in ExecutionStatus if status is not ExecutionStatus.COMPLETED]
+        try:
+            removed = await self.storage.cleanup_old_executions_async(ttl / 86400, keep_statuses=others)
+        except Exception as exc:  # storage down: recovery goes on, the next cleanup tries again
+            logger.error("expiry of completed executions older than %gs failed: %s", ttl, exc)
+            return
+        self.cleaned += removed
+        if removed:
+            logger.info("cleanup: removed %d completed execution(s) older than %gs (ttl)", removed, ttl)
+
+    async def _evaluate_alerts(self, *, final: bool = False) -> None:
+        """Start an evaluation of the alert rules unless one still runs; `final` waits for it."""
+        if self.alerts is None:
+            return
+        if self._alerting is not None and not self._alerting.done():
+            if not final:
+                return  # still notifying (a webhook retrying): the next poll evaluates again
+            await asyncio.wait([self._alerting])
+        self._alerting = asyncio.create_task(self.alerts.evaluate_async(self.storage), name="alerts")
+        if final:
+            await self._alerting
 
     async def _poll(self) -> list[ExecutionRecord]:
         try:

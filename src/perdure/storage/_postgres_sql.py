@@ -113,6 +113,7 @@ class Sql:
     list_status: str
     stats: str
     cleanup: str
+    count_old: str
     delete_many: str
     purge: str
     raw_head: str
@@ -138,6 +139,9 @@ class Sql:
             return f"SELECT 1 FROM {rows} WHERE pg_notify(%(channel)s, {execution_id}) IS NOT NULL"
 
         cols = "execution_id, codec, payload, lease_owner, lease_expires_at"
+        # Cleanup's status filter: %(keep)s is the array of kept statuses (empty: keep none);
+        # damaged heads (status NULL) are never kept.
+        not_kept = "(status IS NULL OR NOT status = ANY(%(keep)s))"
         # The fence: evaluated on the locked, latest row version; the lease columns are never set.
         fence = (
             "(cur.lease_owner IS NULL OR cur.lease_owner = %(owner)s "
@@ -225,12 +229,15 @@ class Sql:
             list_all=listing.format(where=""),
             list_status=listing.format(where="WHERE status = %s"),
             stats=f"SELECT status, count(*) FROM {h} GROUP BY status",
-            # Old executions that are not running, locked until the cleanup's transaction ends.
+            # A batch of the oldest executions that are old, not kept and not running, locked until
+            # the batch's transaction ends (rows being written right now are skipped).
             cleanup=(
-                f"SELECT execution_id FROM {h} WHERE updated_at < %s AND (lease_owner IS NULL "
-                f"OR lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp()) "
-                f"FOR UPDATE SKIP LOCKED"
+                f"SELECT execution_id FROM {h} WHERE updated_at < %(cutoff)s AND {not_kept} "
+                f"AND (lease_owner IS NULL OR lease_expires_at IS NULL "
+                f"OR lease_expires_at <= clock_timestamp()) "
+                f"ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
             ),
+            count_old=f"SELECT count(*) FROM {h} WHERE updated_at < %(cutoff)s AND {not_kept}",
             delete_many=(
                 f"WITH st AS (DELETE FROM {s} WHERE execution_id = ANY(%(ids)s)), "
                 f"hd AS (DELETE FROM {h} WHERE execution_id = ANY(%(ids)s) RETURNING execution_id), "
@@ -239,7 +246,12 @@ class Sql:
                 f"SELECT count(*) FROM hd"
                 + (" WHERE pg_notify(%(channel)s, hd.execution_id) IS NOT NULL" if notify else "")
             ),
-            purge=f"DELETE FROM {tb} WHERE deleted_at < %s",
+            # One batch of old tombstones; the caller repeats until a batch comes back short.
+            purge=(
+                f"WITH gone AS (DELETE FROM {tb} WHERE execution_id IN (SELECT execution_id FROM {tb} "
+                f"WHERE deleted_at < %(cutoff)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING 1) "
+                f"SELECT count(*) FROM gone"
+            ),
             raw_head=(
                 f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
                 f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "

@@ -182,7 +182,8 @@ return {'ok'}
 
 # ARGV: id, only_if_gone ('1': forget index entries of an execution whose head expired), force ('1':
 # delete even under an unexpired lease), tombstone ttl_ms, max_score ('' or: delete only if the
-# execution's `updated_at` score is below it, for cleanup). Replies {'ok', existed} or
+# execution's `updated_at` score is below it, for cleanup), kept statuses ('' or ',failed,paused,':
+# for cleanup, never delete an execution whose head has one of them). Replies {'ok', existed} or
 # {'leased', owner, expiry}.
 _LUA_DELETE = (
     _LUA_COMMON
@@ -209,6 +210,12 @@ end
 if ARGV[5] ~= '' then
   local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
   if score and tonumber(score) >= tonumber(ARGV[5]) then
+    return {'ok', 0}
+  end
+end
+if ARGV[6] and ARGV[6] ~= '' then
+  local status = redis.call('HGET', KEYS[1], 's')
+  if status and status ~= '' and string.find(ARGV[6], ',' .. status .. ',', 1, true) then
     return {'ok', 0}
   end
 end

@@ -64,15 +64,18 @@ from ..errors import (
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+from ..settings import keep_statuses as _parse_keep
 from ..settings import settings
 
 __all__ = [
+    "CLEANUP_BATCH",
     "DEFAULT_RETENTION_DAYS",
     "ChangeFeed",
     "DurableExecutionStorage",
     "DurableStorage",
     "check_journal_seqs",
     "retention_days",
+    "retention_keep",
     "validate_identifier",
 ]
 
@@ -132,6 +135,25 @@ def retention_days(older_than_days: float | None = None) -> float:
         return float(older_than_days)
     configured = settings().retention_days
     return DEFAULT_RETENTION_DAYS if configured is None else float(configured)
+
+
+def retention_keep(keep_statuses: Iterable[ExecutionStatus | str] | str | None = None) -> frozenset[str]:
+    """The status values a cleanup keeps: `keep_statuses` when given, else the `retention_keep` setting.
+
+    `keep_statuses` may be statuses, their names, or one comma-separated string; an empty one keeps
+    nothing (even when the setting keeps some). An unknown status is `UserError`.
+    """
+    if keep_statuses is None:
+        return frozenset(settings().retention_keep)
+    try:
+        return frozenset(_parse_keep(keep_statuses))
+    except ValueError as exc:
+        raise UserError(f"keep_statuses: {exc}.") from None
+
+
+CLEANUP_BATCH = 500
+"""Executions one cleanup transaction (or script round) deletes at most: a cleanup of many executions
+is a series of short writes, so running executions' steps get in between them."""
 
 
 def stored_seq(payload: bytes) -> int | None:
@@ -418,25 +440,66 @@ class DurableExecutionStorage(ABC):
         """`{"backend", "total_executions", "by_status"}`; `by_status` lists every status."""
         return self._stats((head.status.value, 1) for head in await self._iter_heads_async())
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
         """Delete executions last updated more than `older_than_days` ago; return how many.
 
         `older_than_days=None` (the default) reads the `retention_days` setting
         (`PERDURE_RETENTION_DAYS`), else `DEFAULT_RETENTION_DAYS` (7); every backend resolves it the
-        same way, in `_cutoff`. Executions with an unexpired lease are skipped (they are running),
-        and tombstones older than the cutoff are purged (backends override this to do both).
+        same way, in `_cutoff`. An execution whose status is in `keep_statuses` is never deleted
+        (None, the default, reads the `retention_keep` setting, `PERDURE_RETENTION_KEEP`; empty
+        keeps every status eligible; `retention_keep` resolves it). Executions with an unexpired
+        lease are skipped (they are running), and tombstones older than the cutoff are purged.
+        `limit` deletes at most that many, oldest first (None: all); a caller that deletes in
+        batches, with progress, calls again until a call returns less than its limit.
+
+        Backends override this to select from an index (never decoding every head) and to delete
+        in short writes of at most `CLEANUP_BATCH` executions, so a cleanup of many executions never
+        holds a long transaction in front of running executions.
         """
         cutoff = self._cutoff(older_than_days)
+        keep = retention_keep(keep_statuses)
+        wanted = self._cleanup_limit(limit)
+        old = sorted(
+            (
+                h
+                for h in await self._iter_heads_async()
+                if h.updated_at < cutoff and h.status.value not in keep
+            ),
+            key=lambda h: (h.updated_at, h.execution_id),
+        )
         deleted = 0
-        for head in list(await self._iter_heads_async()):
-            if head.updated_at >= cutoff:
-                continue
+        for head in old:
+            if wanted is not None and deleted >= wanted:
+                break
             try:
                 if await self.delete_state_async(head.execution_id):
                     deleted += 1
             except ExecutionLeasedError:
                 continue
         return deleted
+
+    async def count_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    ) -> int:
+        """How many executions `cleanup_old_executions_async` with these arguments would consider.
+
+        Those last updated before the cutoff whose status is not kept, running (leased) ones
+        included: the total of a progress bar, counted from an index by the built-in backends.
+        """
+        cutoff = self._cutoff(older_than_days)
+        keep = retention_keep(keep_statuses)
+        return sum(
+            1 for h in await self._iter_heads_async() if h.updated_at < cutoff and h.status.value not in keep
+        )
 
     # ---- helpers for backends ----------------------------------------------------------------
 
@@ -536,6 +599,28 @@ class DurableExecutionStorage(ABC):
         if not ttl_seconds > 0:
             raise UserError(f"Lease ttl_seconds must be > 0, got {ttl_seconds!r}.")
         return float(ttl_seconds)
+
+    @staticmethod
+    def _cleanup_limit(limit: int | None) -> int | None:
+        """`limit` of a cleanup, checked: None or an integer >= 1, else `UserError`."""
+        if limit is None:
+            return None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise UserError(f"cleanup limit must be an integer >= 1 or None, got {limit!r}.")
+        return limit
+
+    @staticmethod
+    def _cleanup_rounds(limit: int | None, batch: int = CLEANUP_BATCH) -> Iterable[int]:
+        """Sizes of the successive batches (of at most `batch`) of a cleanup deleting at most `limit`.
+
+        `limit` None is unbounded; the caller stops early when a batch deletes less than its size.
+        """
+        left = limit
+        while left is None or left > 0:
+            size = batch if left is None else min(left, batch)
+            yield size
+            if left is not None:
+                left -= size
 
     @staticmethod
     def _cutoff(older_than_days: float | None) -> datetime:
@@ -644,9 +729,26 @@ class DurableExecutionStorage(ABC):
         """Sync twin of `get_stats_async`."""
         return run_sync(self.get_stats_async())
 
-    def cleanup_old_executions(self, older_than_days: float | None = None) -> int:
+    def cleanup_old_executions(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
         """Sync twin of `cleanup_old_executions_async`."""
-        return run_sync(self.cleanup_old_executions_async(older_than_days))
+        return run_sync(
+            self.cleanup_old_executions_async(older_than_days, keep_statuses=keep_statuses, limit=limit)
+        )
+
+    def count_old_executions(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    ) -> int:
+        """Sync twin of `count_old_executions_async`."""
+        return run_sync(self.count_old_executions_async(older_than_days, keep_statuses=keep_statuses))
 
     def acquire_lease(
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None

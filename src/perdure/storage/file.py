@@ -85,9 +85,9 @@ from ..errors import (
     StorageUnavailableError,
     UserError,
 )
-from ..records import ExecutionRecord, StepRecord
+from ..records import ExecutionRecord, ExecutionStatus, StepRecord
 from . import _clock
-from .base import DurableExecutionStorage, check_journal_seqs, logger, stored_seq
+from .base import DurableExecutionStorage, check_journal_seqs, logger, retention_keep, stored_seq
 
 __all__ = ["FileDurableStorage"]
 
@@ -356,8 +356,19 @@ class FileDurableStorage(DurableExecutionStorage):
             "file", f"{directory} kept being replaced while locking it", execution_id=execution_id
         )
 
-    async def _delete(self, execution_id: str, *, force: bool, older_than: datetime | None = None) -> bool:
-        """Delete one execution (see `delete_state_async`); `older_than`: only if last updated before."""
+    async def _delete(
+        self,
+        execution_id: str,
+        *,
+        force: bool,
+        older_than: datetime | None = None,
+        keep: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Delete one execution (see `delete_state_async`).
+
+        `older_than`: only if last updated before it and its status is not in `keep` (cleanup's
+        checks, made again on the head read under the lock).
+        """
         directory = self._dir(execution_id)
         if not directory.is_dir():
             return False
@@ -379,7 +390,7 @@ class FileDurableStorage(DurableExecutionStorage):
                         head = self._read_head(execution_id, directory / HEAD_FILE)
                     except (CorruptRecordError, IncompatibleSchemaError):
                         return False
-                    if head is None or head.updated_at >= older_than:
+                    if head is None or head.updated_at >= older_than or head.status.value in keep:
                         return False
                 lease = self._read_lease(directory)
                 if lease is not None and lease.live() and not force:
@@ -644,9 +655,21 @@ class FileDurableStorage(DurableExecutionStorage):
         except OSError as exc:
             raise _os_error(exc, execution_id) from exc
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
-        """Delete old executions that are not running, finish interrupted deletes, purge old tombstones."""
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Delete old executions not running nor kept, finish interrupted deletes, purge tombstones.
+
+        Oldest first. Files have no index: every head is read (as `list_executions` does); each
+        delete is its own locked rename, so nothing is held across executions.
+        """
         cutoff = self._cutoff(older_than_days)
+        keep = retention_keep(keep_statuses)
+        wanted = self._cleanup_limit(limit)
         self._require_root()
         try:
             self._empty_trash()
@@ -666,11 +689,22 @@ class FileDurableStorage(DurableExecutionStorage):
                     gone = not (self.path / name).exists()
                     if gone and datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
                         path.unlink()
+            old = sorted(
+                (
+                    h
+                    for h in await self._iter_heads_async()
+                    if h.updated_at < cutoff and h.status.value not in keep
+                ),
+                key=lambda h: (h.updated_at, h.execution_id),
+            )
             deleted = 0
-            for head in list(await self._iter_heads_async()):
-                if head.updated_at < cutoff:
-                    with contextlib.suppress(ExecutionLeasedError):
-                        deleted += await self._delete(head.execution_id, force=False, older_than=cutoff)
+            for head in old:
+                if wanted is not None and deleted >= wanted:
+                    break
+                with contextlib.suppress(ExecutionLeasedError):
+                    deleted += await self._delete(
+                        head.execution_id, force=False, older_than=cutoff, keep=keep
+                    )
             return deleted
         except OSError as exc:
             raise _os_error(exc, None) from exc

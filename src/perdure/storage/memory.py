@@ -16,8 +16,8 @@ from ..errors import (
     LeaseLostError,
     StepConflictError,
 )
-from ..records import ExecutionRecord, StepRecord, utcnow
-from .base import DurableExecutionStorage, check_journal_seqs, logger, stored_seq
+from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+from .base import DurableExecutionStorage, check_journal_seqs, logger, retention_keep, stored_seq
 
 __all__ = ["InMemoryDurableStorage"]
 
@@ -134,26 +134,47 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         self._tombstones[execution_id] = now
         return True
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
-        """Delete old executions without an unexpired lease and purge old tombstones, atomically."""
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Delete old executions not running nor kept (oldest first), purge old tombstones, atomically.
+
+        An in-process dict: there is no transaction to keep short.
+        """
         cutoff = self._cutoff(older_than_days)
-        heads = await self._iter_heads_async()
+        keep = retention_keep(keep_statuses)
+        wanted = self._cleanup_limit(limit)
+        heads = sorted(
+            (
+                h
+                for h in await self._iter_heads_async()
+                if h.updated_at < cutoff and h.status.value not in keep
+            ),
+            key=lambda h: (h.updated_at, h.execution_id),
+        )
         with self._lock:
             now = utcnow()
             for execution_id in [i for i, when in self._tombstones.items() if when < cutoff]:
                 del self._tombstones[execution_id]
             deleted = 0
             for head in heads:
+                if wanted is not None and deleted >= wanted:
+                    break
                 lease = self._leases.get(head.execution_id)
-                if head.updated_at >= cutoff or (lease is not None and lease[1] > now):
+                if lease is not None and lease[1] > now:
                     continue
                 current = self._heads.get(head.execution_id)
                 if current is None:
                     continue
-                try:  # re-check the age on the current head: it may have moved on since the scan
-                    if decode_head(head.execution_id, current).updated_at >= cutoff:
-                        continue
+                try:  # re-check age and status on the current head: it may have moved on since the scan
+                    fresh = decode_head(head.execution_id, current)
                 except (CorruptRecordError, IncompatibleSchemaError):
+                    continue
+                if fresh.updated_at >= cutoff or fresh.status.value in keep:
                     continue
                 deleted += self._delete(head.execution_id, force=False, now=now)
             return deleted

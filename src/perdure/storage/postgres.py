@@ -62,7 +62,7 @@ from ._postgres_feed import PostgresChangeFeed, channel_of
 from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, Pool, checkout, watchdog
 from ._postgres_sql import LAYOUT_VERSION, Names, Sql
 from ._postgres_sql import MIGRATIONS as _MIGRATIONS  # a module global: tests add steps to it
-from .base import DurableExecutionStorage, validate_identifier
+from .base import CLEANUP_BATCH, DurableExecutionStorage, retention_keep, validate_identifier
 
 # isort: split
 # After `_postgres_pool`, which refuses to load without psycopg and says what to install.
@@ -627,22 +627,51 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """Counted by SQL; rows without a known status (damaged heads) are left out of both counts."""
         return self._stats(await self._query(self._sql.stats, (), None))
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
-        """Purge old tombstones, then delete old executions that are not running; one transaction.
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Purge old tombstones, then delete old executions that are not running nor kept, in batches.
 
-        The old heads without an unexpired lease are locked (rows being written are skipped), then
-        deleted with their journals, each leaving a tombstone. Returns how many were deleted.
+        Each batch is one short transaction: up to `CLEANUP_BATCH` of the oldest heads that are old,
+        whose status is not kept (`status <> ALL(keep)`, in the query) and without an unexpired
+        lease are locked (rows being written are skipped), then deleted with their journals, each
+        leaving a tombstone. Returns how many were deleted.
         """
         cutoff = self._cutoff(older_than_days)
+        keep = sorted(retention_keep(keep_statuses))
+        wanted = self._cleanup_limit(limit)
+        purge = {"cutoff": cutoff, "limit": CLEANUP_BATCH}
+        while int((await self._query(self._sql.purge, purge, None))[0][0]) >= CLEANUP_BATCH:
+            pass
+        deleted = 0
+        for size in self._cleanup_rounds(wanted):
+            params = {"cutoff": cutoff, "keep": keep, "limit": size}
 
-        async def clean(conn: Conn) -> int:
-            await conn.execute(self._sql.purge, (cutoff,))
-            ids = [row[0] for row in await self._rows(conn, self._sql.cleanup, (cutoff,))]
-            if not ids:
-                return 0
-            return int((await self._rows(conn, self._sql.delete_many, {"ids": ids}))[0][0])
+            async def clean(conn: Conn, params: dict[str, Any] = params) -> int:
+                ids = [row[0] for row in await self._rows(conn, self._sql.cleanup, params)]
+                if not ids:
+                    return 0
+                return int((await self._rows(conn, self._sql.delete_many, {"ids": ids}))[0][0])
 
-        return await self._transaction(clean, None)
+            done = await self._transaction(clean, None)
+            deleted += done
+            if done < size:
+                return deleted
+        return deleted
+
+    async def count_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    ) -> int:
+        """Counted by SQL over the `updated_at` index."""
+        params = {"cutoff": self._cutoff(older_than_days), "keep": sorted(retention_keep(keep_statuses))}
+        return int((await self._query(self._sql.count_old, params, None))[0][0])
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:

@@ -60,7 +60,7 @@ from . import _per_loop
 from ._per_loop import PerLoop
 from ._redis_feed import RedisChangeFeed
 from ._redis_scripts import SCRIPTS, STATUSES, Keys
-from .base import DurableExecutionStorage, check_journal_seqs, stored_seq
+from .base import DurableExecutionStorage, check_journal_seqs, retention_keep, stored_seq
 
 try:
     import redis.asyncio as aioredis
@@ -88,6 +88,11 @@ _CLOSE_WAIT = 3.0
 """Seconds `close` waits for the clients of loops whose thread ended to close."""
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _zcount(key: str, below: str) -> Callable[[Any], Awaitable[Any]]:
+    """A `_call` operation counting the members of sorted set `key` scored in [-inf, `below`]."""
+    return lambda client: client.zcount(key, "-inf", below)
 
 
 def _micros(moment: datetime) -> int:
@@ -399,20 +404,25 @@ class RedisDurableStorage(DurableExecutionStorage):
             return await op(conn.client)
 
     def _delete_args(
-        self, execution_id: str, *, only_if_gone: bool, force: bool, max_score: str
+        self, execution_id: str, *, only_if_gone: bool, force: bool, max_score: str, keep: str = ""
     ) -> list[str]:
         flags = ["1" if only_if_gone else "0", "1" if force else "0"]
-        return [execution_id, *flags, str(self._tomb_ttl_ms), max_score]
+        return [execution_id, *flags, str(self._tomb_ttl_ms), max_score, keep]
 
     async def _delete_batch(
-        self, ids: Sequence[str], *, only_if_gone: bool, max_score: str = ""
+        self, ids: Sequence[str], *, only_if_gone: bool, max_score: str = "", keep: str = ""
     ) -> list[Any]:
-        """Run the (unforced) delete script for each id in one pipeline (one round trip, each atomic)."""
+        """Run the (unforced) delete script for each id in one pipeline (one round trip, each atomic).
+
+        `keep` (`,failed,paused,` or empty): statuses the script refuses to delete (cleanup).
+        """
         conn = await self._conn()
         with self._errors(None):
             async with conn.client.pipeline(transaction=False) as pipe:
                 for eid in ids:
-                    args = self._delete_args(eid, only_if_gone=only_if_gone, force=False, max_score=max_score)
+                    args = self._delete_args(
+                        eid, only_if_gone=only_if_gone, force=False, max_score=max_score, keep=keep
+                    )
                     await conn.scripts["delete"](keys=self._keys.execution(eid), args=args, client=pipe)
                 return await pipe.execute()
 
@@ -643,23 +653,58 @@ class RedisDurableStorage(DurableExecutionStorage):
             "redis", f"{self._where}: expiry index did not settle"
         )  # pragma: no cover
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
         """Delete executions whose `updated_at` is older than the cutoff, found by index range.
 
-        Executions with an unexpired lease are left alone (they are running); tombstones older than
-        the cutoff are purged first, by range over `P idx:tombstones`.
+        Without kept statuses the ids come from `P idx:all`, with some from the status indexes of the
+        other statuses (so kept executions are never even read); each page of up to 256 ids is one
+        pipeline of delete scripts, each of which checks again, atomically, the age, the status and
+        the lease. Executions with an unexpired lease are left alone (they are running); tombstones
+        older than the cutoff are purged first, by range over `P idx:tombstones`.
         """
         score = str(_micros(self._cutoff(older_than_days)))
+        keep = retention_keep(keep_statuses)
+        wanted = self._cleanup_limit(limit)
+        marks = f",{','.join(sorted(keep))}," if keep else ""
         await self._purge_tombstones(score)
-        deleted = kept = 0
-        while True:
-            page = await self._older(self._keys.all, score, kept)
-            if not page:
-                return deleted
-            replies = await self._delete_batch([_text(r) for r in page], only_if_gone=False, max_score=score)
-            done = sum(1 for reply in replies if reply[0] == b"ok" and reply[1])
-            deleted += done
-            kept += len(page) - done  # leased (running) ones stay in the index range: page past them
+        indexes = [self._keys.all] if not keep else [self._keys.status(s) for s in STATUSES if s not in keep]
+        deleted = 0
+        for key in indexes:
+            kept = 0
+            while wanted is None or deleted < wanted:
+                page = await self._older(key, score, kept)
+                if not page:
+                    break
+                if wanted is not None:
+                    page = page[: wanted - deleted]
+                replies = await self._delete_batch(
+                    [_text(r) for r in page], only_if_gone=False, max_score=score, keep=marks
+                )
+                done = sum(1 for reply in replies if reply[0] == b"ok" and reply[1])
+                deleted += done
+                kept += len(page) - done  # leased (running) ones stay in the index range: page past them
+        return deleted
+
+    async def count_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    ) -> int:
+        """`ZCOUNT` of the `updated_at` index (or of the status indexes of the statuses not kept)."""
+        score = f"({_micros(self._cutoff(older_than_days))}"
+        keep = retention_keep(keep_statuses)
+        keys = [self._keys.all] if not keep else [self._keys.status(s) for s in STATUSES if s not in keep]
+        total = 0
+        for key in keys:
+            total += int(await self._call(_zcount(key, score), None))
+        return total
 
     async def _older(self, key: str, score: str, start: int) -> list[bytes]:
         """A page of members of sorted set `key` scored below `score`, lowest first, from rank `start`."""

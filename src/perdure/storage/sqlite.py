@@ -26,9 +26,11 @@ The connection pool shared by threads is `perdure.storage._sqlite_pool`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,11 +57,13 @@ from ..errors import (
 from ..records import SCHEMA_VERSION, ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from . import _clock
 from ._sqlite_pool import ConnectionPool
-from .base import DurableExecutionStorage, logger, validate_identifier
+from .base import DurableExecutionStorage, logger, retention_keep, validate_identifier
 
 __all__ = ["SQLiteDurableStorage"]
 
 _SYNCHRONOUS = ("FULL", "NORMAL")
+_CLEANUP_BATCH = 100
+"""Executions one cleanup transaction deletes: a few milliseconds of holding the write lock."""
 _T = TypeVar("_T")
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -182,12 +186,17 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         )
         self._sql_tomb_get = f"SELECT 1 FROM {tb} WHERE execution_id = ?"
         self._sql_tomb_put = f"INSERT OR REPLACE INTO {tb} (execution_id, deleted_at) VALUES (?, ?)"
-        self._sql_tomb_purge = f"DELETE FROM {tb} WHERE deleted_at < ?"
-        # Old executions that are not running (no unexpired lease).
-        self._sql_cleanup_ids = (
-            f"SELECT execution_id FROM {t} WHERE updated_at < ? AND "
-            f"({t}.lease_owner IS NULL OR {self._sql_expired})"
+        # One batch of old tombstones (the caller repeats while batches come back full).
+        self._sql_tomb_purge = (
+            f"DELETE FROM {tb} WHERE rowid IN (SELECT rowid FROM {tb} WHERE deleted_at < ? LIMIT ?)"
         )
+        # A batch of the oldest executions that are old and not running (no unexpired lease); {keep}
+        # is `_not_kept`'s status filter. Parameters: cutoff, kept statuses, `_expired_args`, limit.
+        self._sql_cleanup_ids = (
+            f"SELECT execution_id FROM {t} WHERE updated_at < ? {{keep}} AND "
+            f"({t}.lease_owner IS NULL OR {self._sql_expired}) ORDER BY updated_at LIMIT ?"
+        )
+        self._sql_count_old = f"SELECT COUNT(*) FROM {t} WHERE updated_at < ? {{keep}}"
         self._sql_lease_get = (
             f"SELECT codec, payload, lease_owner, lease_expires, lease_boot, lease_mono FROM {t} "
             f"WHERE execution_id = ?"
@@ -650,21 +659,77 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         """Count by SQL; rows without a known status (damaged heads) are left out of both counts."""
         return self._stats(self._read(self._sql_stats, ()))
 
-    async def cleanup_old_executions_async(self, older_than_days: float | None = None) -> int:
-        """Purge old tombstones, then delete old executions that are not running; one transaction.
+    @staticmethod
+    def _not_kept(keep: Sequence[str]) -> str:
+        """The `{keep}` filter of the cleanup queries: statuses not kept (damaged heads never are)."""
+        if not keep:
+            return ""
+        return f"AND (status IS NULL OR status NOT IN ({', '.join('?' * len(keep))}))"
 
+    async def cleanup_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Purge old tombstones, then delete old executions not running nor kept, in short batches.
+
+        Each batch is one immediate transaction over at most 100 of the oldest matching heads (the
+        `updated_at` index; kept statuses are filtered in the query); after each, the write lock
+        stays free as long as it was held (`_yield_writer_lock`), so running executions' steps get in.
         Executions with an unexpired lease are skipped; each deleted one leaves a tombstone.
         """
         cutoff = _ts(self._cutoff(older_than_days))
+        keep = sorted(retention_keep(keep_statuses))
+        wanted = self._cleanup_limit(limit)
         self._ready(create=False)
+        purge = (cutoff, _CLEANUP_BATCH)
+        while True:
+            began = time.monotonic()
+            purged = self._transaction(None, lambda conn: conn.execute(self._sql_tomb_purge, purge).rowcount)
+            if purged < _CLEANUP_BATCH:
+                break
+            await self._yield_writer_lock(began)
+        sql = self._sql_cleanup_ids.format(keep=self._not_kept(keep))
+        deleted = 0
+        for size in self._cleanup_rounds(wanted, _CLEANUP_BATCH):
 
-        def clean(conn: sqlite3.Connection) -> int:
-            conn.execute(self._sql_tomb_purge, (cutoff,))
-            ids = [r[0] for r in conn.execute(self._sql_cleanup_ids, (cutoff, *self._expired_args()))]
-            self._delete_rows(conn, ids)
-            return len(ids)
+            def clean(conn: sqlite3.Connection, size: int = size) -> int:
+                params = (cutoff, *keep, *self._expired_args(), size)
+                ids = [r[0] for r in conn.execute(sql, params)]
+                self._delete_rows(conn, ids)
+                return len(ids)
 
-        return self._transaction(None, clean)
+            began = time.monotonic()
+            done = self._transaction(None, clean)
+            deleted += done
+            if done < size:
+                break
+            await self._yield_writer_lock(began)
+        return deleted
+
+    @staticmethod
+    async def _yield_writer_lock(began: float) -> None:
+        """Stay off the write lock as long as the last cleanup transaction (since `began`) held it.
+
+        SQLite has one writer at a time, and a writer of another process that finds the lock taken
+        polls for it (its busy handler sleeps 1, 2, 5, ... up to 100 ms between tries): back-to-back
+        cleanup transactions would starve it for seconds. Idle as long as busy, the running
+        executions' steps (other processes, and other tasks of this event loop) get in between.
+        """
+        await asyncio.sleep(max(time.monotonic() - began, 0.001))
+
+    async def count_old_executions_async(
+        self,
+        older_than_days: float | None = None,
+        *,
+        keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    ) -> int:
+        """Counted by SQL over the `updated_at` index."""
+        keep = sorted(retention_keep(keep_statuses))
+        sql = self._sql_count_old.format(keep=self._not_kept(keep))
+        return int(self._read(sql, (_ts(self._cutoff(older_than_days)), *keep))[0][0])
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:

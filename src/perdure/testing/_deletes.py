@@ -272,3 +272,87 @@ async def _cleanup_tombstones(s: Subject) -> None:
     expect_equal(
         [e.seq for e in await storage.load_steps_async("exec-t")], [0], "journal of the re-created id"
     )
+
+
+@check("cleanup.keeps_statuses")
+async def _cleanup_keeps(s: Subject) -> None:
+    """Cleanup never deletes an execution whose status is in keep_statuses (names, enums or 'a,b')."""
+    storage = s.storage
+    old = datetime.now(UTC) - timedelta(days=30)
+    statuses = {
+        "old-failed": ExecutionStatus.FAILED,
+        "old-paused": ExecutionStatus.PAUSED,
+        "old-completed": ExecutionStatus.COMPLETED,
+        "old-cancelled": ExecutionStatus.CANCELLED,
+    }
+    for eid, status in statuses.items():
+        await create(storage, eid, steps=1)
+        await storage.save_state_async(head(eid, 1, status=status, updated_at=old, created_at=old))
+    await create(storage, "new-failed", status=ExecutionStatus.FAILED)
+    counted = await storage.count_old_executions_async(7, keep_statuses=["failed", ExecutionStatus.PAUSED])
+    expect_equal(counted, 2, "count_old_executions_async(7, keep_statuses=['failed', PAUSED])")
+    removed = await storage.cleanup_old_executions_async(7, keep_statuses=["failed", ExecutionStatus.PAUSED])
+    expect_equal(removed, 2, "cleanup_old_executions_async(7, keep_statuses=['failed', PAUSED])")
+    expect_equal(
+        sorted(await ids(storage)),
+        ["new-failed", "old-failed", "old-paused"],
+        "executions left by a cleanup keeping failed and paused",
+    )
+    expect_equal(
+        [e.seq for e in await storage.load_steps_async("old-failed")], [0], "journal of a kept execution"
+    )
+    expect_equal(
+        await storage.cleanup_old_executions_async(7, keep_statuses="failed"),
+        1,
+        "cleanup_old_executions_async(7, keep_statuses='failed')",
+    )
+    expect_equal(sorted(await ids(storage)), ["new-failed", "old-failed"], "left by keep_statuses='failed'")
+    expect_equal(
+        await storage.cleanup_old_executions_async(7, keep_statuses=()),
+        1,
+        "cleanup_old_executions_async(7, keep_statuses=()) (keeps nothing)",
+    )
+    await expect_raises(
+        UserError,
+        storage.cleanup_old_executions_async(7, keep_statuses=["finished"]),
+        "cleanup_old_executions_async(7, keep_statuses=['finished']) (no such status)",
+    )
+
+
+@check("cleanup.limit_oldest_first")
+async def _cleanup_limit(s: Subject) -> None:
+    """cleanup_old_executions(limit=n) deletes at most n, oldest first; count_old_executions counts."""
+    storage = s.storage
+    now = datetime.now(UTC)
+    for index in range(5):
+        when = now - timedelta(days=30 - index)
+        eid = f"old-{index}"
+        await create(storage, eid, steps=1)
+        await storage.save_state_async(head(eid, 1, updated_at=when, created_at=when))
+    await create(storage, "new-0")
+    expect_equal(
+        await storage.count_old_executions_async(7, keep_statuses=()), 5, "count_old_executions_async(7)"
+    )
+    expect_equal(
+        await storage.cleanup_old_executions_async(7, keep_statuses=(), limit=2),
+        2,
+        "cleanup_old_executions_async(7, limit=2)",
+    )
+    expect_equal(
+        sorted(await ids(storage)), ["new-0", "old-2", "old-3", "old-4"], "left by limit=2 (oldest go)"
+    )
+    expect_equal(
+        await storage.count_old_executions_async(7, keep_statuses=()),
+        3,
+        "count_old_executions_async(7) after",
+    )
+    expect_equal(
+        await storage.cleanup_old_executions_async(7, keep_statuses=(), limit=10),
+        3,
+        "cleanup_old_executions_async(7, limit=10) with 3 left",
+    )
+    await expect_raises(
+        UserError,
+        storage.cleanup_old_executions_async(7, limit=0),
+        "cleanup_old_executions_async(7, limit=0)",
+    )

@@ -44,11 +44,16 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
 class Workflow(Generic[P, R]):
     """A registered workflow function (made by `@workflow`); calling it runs the function as is."""
 
-    def __init__(self, fn: Callable[P, Awaitable[R]], name: str) -> None:
+    def __init__(self, fn: Callable[P, Awaitable[R]], name: str, steps: int | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise UserError(f"@workflow needs an async function; {fn!r} is not one.")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise UserError(f"@workflow(steps=...) must be a positive int, got {steps!r}.")
         self.fn = fn
         self.name = name
+        self.steps = steps
+        """How many positions (steps, sleeps, nested agent runs, ...) the workflow declares: the total
+        of `execution_summary`'s completion percentage. None: unknown."""
         self._signature = inspect.signature(fn)
         hints = _hints(fn)
         self._params = {p: TypeAdapter(hints.get(p, Any)) for p in self._signature.parameters}
@@ -100,16 +105,21 @@ class Workflow(Generic[P, R]):
 @overload
 def workflow(fn: Callable[P, Awaitable[R]], /) -> Workflow[P, R]: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]: ...
-def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
+def workflow(
+    *, name: str | None = None, steps: int | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None, steps: int | None = None) -> Any:
     """Make an async function a durable workflow, registered under `name` (default: its `__qualname__`).
+
+    `steps` declares how many positions the workflow takes (each `@step` call, `sleep`, `now`,
+    `random`, nested agent run), so `execution_summary` can report a completion percentage.
 
     A resume finds the workflow by the name its execution recorded, among the workflows this program
     registered (importing the module registers them); nothing is imported because a record says so.
     """
 
     def make(function: Callable[P, Awaitable[R]]) -> Workflow[P, R]:
-        made = Workflow(function, name or function.__qualname__)
+        made = Workflow(function, name or function.__qualname__, steps)
         registry.add_workflow(made.name, made)
         return made
 

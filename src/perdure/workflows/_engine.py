@@ -26,6 +26,7 @@ from ..errors import (
     UnregisteredReferenceError,
     UserError,
 )
+from ..events._bus import Emitter
 from ..records import ExecutionIdentity, ExecutionRecord, StepRecord, TaskSnapshot
 from ..registry import registry
 from ._context import ActiveWorkflow, activate, deactivate
@@ -53,6 +54,7 @@ async def start_workflow(
         agent_name=workflow.name,
         workflow=workflow.name,
         workflow_args=workflow.dump_args(args, kwargs, handle.execution_id),
+        expected_steps=workflow.steps,
     )
     return await execute_workflow(handle, workflow, create=snapshot, metadata=metadata, on_unit=on_unit)
 
@@ -132,6 +134,7 @@ async def _attempt(
     head = head.attempt_started(identity)
     run = JournalRun(storage, head, journal, debug=handle.debug, allow_changes=allow)
     run.on_unit = on_unit
+    run.events = Emitter((handle.event_bus,))
     run.workflow = definition.name
     active_token = activate(ActiveWorkflow(run, definition.name))
     try:
