@@ -272,7 +272,8 @@ def test_cli_uses_storage_url_without_option(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "perdure.toml").write_text(f'storage_url = "{url}"\n')
     result = runner.invoke(app, ["list", "--json"])
     assert result.exit_code == 0, result.output
-    assert [row["execution_id"] for row in json.loads(result.output)] == ["exec-from-settings"]
+    listed = json.loads(result.output)["executions"]
+    assert [row["execution_id"] for row in listed] == ["exec-from-settings"]
     shown = runner.invoke(app, ["show", "exec-from-settings", "--json"])
     assert shown.exit_code == 0, shown.output
     # --storage still wins.

@@ -17,6 +17,8 @@ __all__ = [
     "CorruptRecordError",
     "ExecutionCompletedError",
     "ExecutionAborted",
+    "ExecutionCancelledError",
+    "ExecutionConflictError",
     "ExecutionDeletedError",
     "ExecutionLeased",
     "ExecutionLeasedError",
@@ -443,3 +445,34 @@ class InvalidResumeTokenError(PerdureError):
             execution_id=execution_id,
         )
         self.reason = reason
+
+
+class ExecutionCancelledError(PerdureError):
+    """An operator cancelled the execution (`DurableExecution.cancel`, `perdure cancel`).
+
+    Stored as the error of a `cancelled` head, and raised by the attempt that stopped for it (at a
+    unit boundary: the unit that was running finished and was journaled first) and by any later
+    attempt to resume it.
+    """
+
+    def __init__(self, execution_id: str, reason: str = "", requested_by: str = "") -> None:
+        who = f" by {requested_by}" if requested_by else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"Execution {execution_id!r} was cancelled{who}{why}. It is never resumed; start a new "
+            f"execution, or fork this one (DurableExecution.fork / `perdure fork`), to run the task again.",
+            execution_id=execution_id,
+        )
+        self.reason = reason
+        self.requested_by = requested_by
+
+
+class ExecutionConflictError(PerdureError):
+    """The execution is not in a state that allows the operation (e.g. approving a run that is not paused).
+
+    Nothing was changed. The message says what state the execution is in and what to do instead.
+    """
+
+    def __init__(self, execution_id: str, message: str, *, status: str | None = None) -> None:
+        super().__init__(message, execution_id=execution_id)
+        self.status = status

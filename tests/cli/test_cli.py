@@ -41,6 +41,8 @@ from perdure.records import (
     TaskSnapshot,
     ToolRef,
 )
+from perdure.storage import ExecutionPage, ExecutionQuery
+from perdure.storage._query import page_of
 from support import worker_app
 from support.paths import SRC, TESTS
 
@@ -93,6 +95,14 @@ class FakeStorage:
         self._check()
         heads = [h for h in self.heads if status is None or h.status == status]
         return heads if limit is None else heads[:limit]
+
+    async def query_executions_async(self, query: ExecutionQuery) -> ExecutionPage:
+        self._check()
+        return page_of(self.heads, query)
+
+    async def count_executions_async(self, query: ExecutionQuery) -> int:
+        self._check()
+        return sum(1 for head in self.heads if query.matches(head))
 
     async def get_stats_async(self) -> dict[str, Any]:
         self._check()
@@ -217,10 +227,13 @@ def test_list_show_stats_print_storage_text_literally(use_storage: Any) -> None:
         "tool-\\x1b[5m[blink]",
         "pay\\u202e[/i]",
         "tool:\\x1b[1m[red]x",
-        "tool:\\x07",
         "café",
     ):
         assert literal in out, literal
+    steps = runner.invoke(app, ["steps", "-s", "x://", EVIL_ID], env={"COLUMNS": "300"})
+    assert steps.exit_code == 0, steps.output
+    assert_clean(steps.stdout_bytes)
+    assert "tool:\\x07" in steps.stdout  # the entry's key (`show` leaves keys to `steps`)
 
     stats = runner.invoke(app, ["stats", "-s", "x://"])
     assert stats.exit_code == 0, stats.output
@@ -233,7 +246,7 @@ def test_json_output_is_exact_and_inert(use_storage: Any) -> None:
     listed = runner.invoke(app, ["list", "-s", "x://", "--json"])
     assert listed.exit_code == 0, listed.output
     assert_clean(listed.stdout_bytes)
-    rows = json.loads(listed.stdout)
+    rows = json.loads(listed.stdout)["executions"]
     assert rows[0]["execution_id"] == EVIL_ID and EVIL_ERROR in rows[0]["error"]
     shown = runner.invoke(app, ["show", "-s", "x://", EVIL_ID, "--json"])
     assert shown.exit_code == 0, shown.output
@@ -413,7 +426,7 @@ def test_usage_errors_exit_2(use_storage: Any) -> None:
 def test_show_missing_execution(use_storage: Any) -> None:
     use_storage(FakeStorage([]))
     result = runner.invoke(app, ["show", "-s", "x://", "nope\x1b"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # not found
     assert "not found" in one_error_line(result.stderr) and "\x1b" not in result.stderr
 
 

@@ -263,8 +263,10 @@ def test_list_stats_show_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     stats = json.loads(perdure("stats", "--json"))
     assert stats["total_executions"] == 3 and stats["by_status"]["success"] == 3
-    rows = json.loads(perdure("list", "--status", "success", "--limit", "2", "--json"))
+    listed = json.loads(perdure("list", "--status", "success", "--limit", "2", "--json"))
+    rows = listed["executions"]
     assert len(rows) == 2 and all(r["status"] == "success" and r["attempts"] == 1 for r in rows)
+    assert listed["total"] == 3 and listed["next_cursor"]
     shown = json.loads(perdure("show", "w-0002", "--json"))
     assert shown["head"]["execution_id"] == "w-0002"
     assert shown["journal_size"] == 5  # model, reserve, model, charge, model; notify crashed
@@ -277,4 +279,4 @@ def test_list_stats_show_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         text=True,
         check=False,
     )
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 3 and "not found" in missing.stderr

@@ -306,11 +306,12 @@ async def test_the_whole_kit_names_exactly_the_broken_property() -> None:
         "batch.survives_reopen",
         "lease.survives_reopen",
         "persistence.reopen",
+        "cancel.seen_by_another_instance",
     }
     assert len(report.results) == len(PROPERTIES) and not report.ok
     assert report.summary() == (
-        f"IgnoresFencing: {len(PROPERTIES) - 6} of {len(PROPERTIES)} properties passed, "
-        f"2 failed (batch.refused_writes_nothing, lease.fencing), 4 skipped"
+        f"IgnoresFencing: {len(PROPERTIES) - 7} of {len(PROPERTIES)} properties passed, "
+        f"2 failed (batch.refused_writes_nothing, lease.fencing), 5 skipped"
     )
     assert report["batch.refused_writes_nothing"].message.startswith(
         "append_steps_async by 'w0' while 'w1' holds an unexpired lease returned None"
@@ -339,6 +340,7 @@ async def test_a_sound_backend_passes_and_hooks_unlock_the_rest() -> None:
         "batch.survives_reopen",
         "lease.survives_reopen",
         "persistence.reopen",
+        "cancel.seen_by_another_instance",
     }
     assert "needs raw_writer=" in report["corrupt_record.skipped_by_list_and_stats"].message
     assert "reopen() returned None" in report["persistence.reopen"].message

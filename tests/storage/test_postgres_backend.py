@@ -210,7 +210,9 @@ def test_tables_created_on_first_use_with_layout_version(
 ) -> None:
     assert _tables(db, prefix) == set()  # constructing does not touch the database
     assert store.load_state("nothing") is None
-    assert _tables(db, prefix) == {f"{prefix}heads", f"{prefix}steps", f"{prefix}meta", f"{prefix}tombstones"}
+    assert _tables(db, prefix) == {
+        *(f"{prefix}heads", f"{prefix}steps", f"{prefix}meta", f"{prefix}tombstones", f"{prefix}cancels"),
+    }
     version = _scalar(db, f"SELECT value FROM {prefix}meta WHERE key = 'layout_version'")
     assert int(version) == LAYOUT_VERSION
 
@@ -361,6 +363,85 @@ def test_indexes_exist_and_serve_list_stats_and_cleanup(
         "completed": 19900,
         "cancelled": 0,
     }
+
+
+def test_list_page_queries_use_their_indexes(
+    store: PostgresDurableStorage, db: psycopg.Connection[Any], prefix: str
+) -> None:
+    """The operator's list page: each query reads an index range, never the whole table.
+
+    Catches an index regression (a dropped or reordered index, a filter written so that the planner
+    can no longer use it) that would still give right answers, only slowly on a large table.
+    """
+    from perdure.storage import ExecutionQuery
+    from perdure.storage._query import activity_bounds, encode_cursor
+
+    store.save_state(ExecutionRecord(execution_id="seed"))
+    db.execute(
+        f"INSERT INTO {prefix}heads (execution_id, status, updated_at, created_at, codec, payload, name, "
+        f"search) SELECT 'e' || g, CASE WHEN g % 10 = 0 THEN 'failed' ELSE 'completed' END, "
+        f"now() - g * interval '10 seconds', now() - g * interval '11 seconds', 'json', "
+        f"convert_to(repeat('x', 300), 'UTF8'), 'agent-' || (g % 20), "
+        f"'e' || g || chr(31) || 'agent-' || (g % 20) || chr(31) || "
+        f"CASE WHEN g % 10 = 0 THEN 'httpx.readtimeout: timed out' ELSE '' END "
+        f"FROM generate_series(1, 30000) g"
+    )
+    db.execute(f"VACUUM ANALYZE {prefix}heads")
+    queries = store._queries
+    h = f"{prefix}heads"
+
+    def plan(sql: str, params: Any) -> str:
+        return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, params))
+
+    def index_only(sql: str, params: Any, *indexes: str) -> str:
+        text = plan(sql, params)
+        assert "Seq Scan" not in text, text
+        for index in indexes:
+            assert f"{h}_{index}" in text, text
+        return text
+
+    first = ExecutionQuery()
+    index_only(*queries.page(first), "updated_idx")
+    cursor = encode_cursor(datetime.now(UTC) - timedelta(hours=2), "e720")  # rows are not decodable
+    index_only(*queries.page(ExecutionQuery(cursor=cursor)), "updated_idx")
+    index_only(*queries.page(ExecutionQuery(statuses=frozenset({"failed"}))), "status_idx")
+    index_only(*queries.page(ExecutionQuery(statuses=frozenset({"failed", "paused"}))), "status_idx")
+    index_only(*queries.page(ExecutionQuery(name="agent-7")), "name_idx")
+    index_only(*queries.count(ExecutionQuery(statuses=frozenset({"failed"}))), "status_idx")
+    since = datetime.now(UTC) - timedelta(hours=1)
+    index_only(*queries.activity(activity_bounds(since, 600)), "created_idx", "status_idx")
+    if queries.search_index is not None:  # pg_trgm is available: a rare text is an index lookup
+        index_only(*queries.page(ExecutionQuery(search="e12345")), "search_trgm")
+        index_only(*queries.count(ExecutionQuery(search="e12345")), "search_trgm")
+    rows = db.execute(*queries.page(ExecutionQuery(search="E12345"))).fetchall()
+    assert [row[0] for row in rows] == ["e12345"]
+
+
+def test_search_index_is_pg_trgm_when_the_extension_can_be_created(store: PostgresDurableStorage) -> None:
+    store.save_state(ExecutionRecord(execution_id="seed"))
+    assert store._queries.search_index is not None  # this test server ships pg_trgm (contrib)
+
+
+def test_search_without_pg_trgm_falls_back_to_reading_rows(
+    postgres_dsn: str, prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the extension cannot be created: one warning, no index, the same answers."""
+    from perdure.storage import ExecutionQuery
+
+    monkeypatch.setattr(
+        pgmod, "search_index_statements", lambda n: ["CREATE EXTENSION IF NOT EXISTS perdure_no_such_ext"]
+    )
+    monkeypatch.setattr(pgmod, "_trgm_warned", False)
+    store = PostgresDurableStorage(postgres_dsn, table_prefix=prefix)
+    try:
+        store.save_state(ExecutionRecord(execution_id="rare-0001ff"))
+        assert store._queries.search_index is None
+        assert [r.execution_id for r in store.query_executions(ExecutionQuery(search="01F")).items] == [
+            "rare-0001ff"
+        ]
+        assert sum("pg_trgm" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        store.close()
 
 
 # ---- atomicity and fencing --------------------------------------------------------------------------

@@ -319,14 +319,14 @@ def test_postgres_layout_1_tables_get_tombstones(postgres_dsn: str) -> None:
         conn.execute(f"UPDATE {prefix}meta SET value = '1' WHERE key = 'layout_version'")
     store = pg_mod.PostgresDurableStorage(postgres_dsn, table_prefix=prefix)
     try:
-        assert store.delete_state("exec-v1") is True  # migrated to layout 2 on first use
+        assert store.delete_state("exec-v1") is True  # migrated to layouts 2 and 3 on first use
         with pytest.raises(ExecutionDeletedError):
             store.save_state(_head("exec-v1"))
     finally:
         store.close()
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         version = conn.execute(f"SELECT value FROM {prefix}meta").fetchone()
-        assert version is not None and int(version[0]) == pg_mod.LAYOUT_VERSION == 2
+        assert version is not None and int(version[0]) == pg_mod.LAYOUT_VERSION == 3
 
 
 # ---- 6. reads never create ----------------------------------------------------------------------------

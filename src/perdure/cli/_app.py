@@ -19,12 +19,22 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from ..errors import PerdureError, StorageNotFoundError, UserError
+from ..errors import (
+    ExecutionCancelledError,
+    ExecutionCompletedError,
+    ExecutionConflictError,
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
+    PerdureError,
+    StorageNotFoundError,
+    UserError,
+)
 from ..settings import apply_log_level, settings
 from ..storage import DurableExecutionStorage, storage_from_url
 from ._format import safe_text
 
 __all__ = [
+    "EXIT_CONFLICT",
     "EXIT_FAILURE",
     "EXIT_STORAGE_NOT_FOUND",
     "EXIT_USAGE",
@@ -46,7 +56,7 @@ __all__ = [
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="perdure: durable AI-agent runs. Recover interrupted executions and inspect a storage.",
+    help="perdure: durable AI-agent runs. Run the recovery worker; inspect, watch and act on executions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,6 +65,9 @@ app = typer.Typer(
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_STORAGE_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+_CONFLICTS = (ExecutionLeasedError, ExecutionCompletedError, ExecutionCancelledError, ExecutionConflictError)
+"""Errors that mean the execution's state refuses the action (exit 4): a script may wait and retry."""
 
 
 class _Settings:
@@ -141,8 +154,10 @@ def _fail(exc: BaseException, code: int) -> NoReturn:
 
 def _exit_code(exc: Exception) -> int:
     """The exit code for a failed command: scripts tell a typo in the URL from a storage outage."""
-    if isinstance(exc, StorageNotFoundError):
+    if isinstance(exc, StorageNotFoundError | ExecutionNotFoundError):  # no such storage or execution
         return EXIT_STORAGE_NOT_FOUND
+    if isinstance(exc, _CONFLICTS):  # leased elsewhere, completed, cancelled, not paused, ...
+        return EXIT_CONFLICT
     if isinstance(exc, UserError):  # invalid URL, storage configuration, id, option value
         return EXIT_USAGE
     return EXIT_FAILURE

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.text import Text
 
-__all__ = ["_SafeFormatter", "_cell", "_json", "safe_text"]
+__all__ = ["_SafeFormatter", "_cell", "_json", "safe_lines", "safe_text"]
 
 # C0 (tab and newline included: a record must not forge lines), DEL, C1 (8-bit CSI/OSC/...), lone
 # surrogates (unencodable), line/paragraph separators and bidirectional overrides ("Trojan source").
@@ -55,6 +55,15 @@ def safe_text(value: object) -> str:
 
     """
     return _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+
+
+def safe_lines(value: object) -> str:
+    r"""Like `safe_text`, but keeping line breaks (`\n`, `\r\n`): for an output or a traceback.
+
+    Every other control character, a lone `\r` included, is still shown as a visible escape.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return "\n".join(safe_text(line) for line in text.replace("\r\n", "\n").split("\n"))
 
 
 def _cell(value: object, *, fold: bool = False) -> Text:

@@ -1,15 +1,20 @@
-"""`perdure list`, `stats` and `show`: read-only views of a storage, as tables or `--json`.
+"""`perdure list` and `stats`: read-only views of a storage, as tables or `--json`.
 
 They create nothing (a missing storage is exit 3) and change nothing, so an operator can run them
-against a production storage at any time. Every value they print comes from the storage and goes
-through `_format` (`_cell`, `safe_text`, `_json`); the `list` table keeps execution ids whole on any
-terminal width, because they are what `perdure show` takes.
+against a production storage at any time. `list` asks the storage for one page
+(`query_executions_async(ExecutionQuery(...))`: the filtering and the keyset paging are the
+storage's, indexed on SQLite, PostgreSQL and Redis) and how many executions match
+(`count_executions_async`), then prints the page and the command of the next one. Every value they
+print comes from the storage and goes through `_format` (`_cell`, `safe_text`, `_json`); the `list`
+table keeps execution ids whole on any terminal width, because they are what `perdure show` takes.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -19,31 +24,56 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..records import ExecutionRecord, ExecutionStatus
-from ..storage import DurableExecutionStorage
-from ._app import EXIT_FAILURE, JsonOption, StorageOption, _query, app
+from .._redact import mask_url
+from ..errors import UserError
+from ..records import ExecutionRecord, ExecutionStatus, utcnow
+from ..storage import DurableExecutionStorage, ExecutionPage, ExecutionQuery
+from ._app import JsonOption, StorageOption, _query, _usage, app
 from ._format import _cell, _json, safe_text
+from ._timeline import ago, execution_name, state
 
-__all__ = ["list_executions", "show", "stats"]
+__all__ = ["list_executions", "parse_moment", "stats"]
 
-_LIST_COLUMNS = ("execution_id", "status", "step", "attempts", "updated_at", "lease_owner", "error")
+_LIST_COLUMNS = ("execution_id", "status", "name", "attempts", "updated", "step", "lease_owner", "error")
+
+_RELATIVE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(value: str, now: datetime | None = None) -> datetime:
+    """`2h`, `7d`, `30m`, `45s`, `2w` ago, or an ISO date or date-time (naive: UTC); `ValueError` else."""
+    match = _RELATIVE.fullmatch(value)
+    if match is not None:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        return (now or utcnow()) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a time ago such as 2h, 7d, 30m nor an ISO date or date-time "
+            f"such as 2026-11-30 or 2026-11-30T12:00:00+01:00"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _row(head: ExecutionRecord) -> dict[str, Any]:
-    """An execution's summary fields, raw: the `list --json` items and the first rows of `show`."""
+    """An execution's summary fields, raw: the `list --json` items."""
     return {
         "execution_id": head.execution_id,
         "status": head.status.value,
+        "state": state(head),
+        "name": execution_name(head),
         "step": f"{head.step_index} {head.step_name}".strip(),
         "attempts": head.attempts,
+        "created_at": head.created_at.isoformat(timespec="seconds"),
         "updated_at": head.updated_at.isoformat(timespec="seconds"),
         "lease_owner": head.lease_owner or "",
         "error": str(head.error) if head.error else "",
     }
 
 
-_FIXED_COLUMNS = frozenset({"execution_id", "status", "attempts", "updated_at"})
-_DROP_ORDER = ("lease_owner", "attempts", "step", "updated_at", "error", "status")
+_FIXED_COLUMNS = frozenset({"execution_id", "status", "attempts", "updated"})
+_DROP_ORDER = ("lease_owner", "step", "attempts", "name", "updated", "error", "status")
 """Columns left out, in this order, when the terminal is too narrow for all of them."""
 _FLEX_MIN = 12
 
@@ -51,18 +81,21 @@ _FLEX_MIN = 12
 def _list_table(heads: Sequence[ExecutionRecord], width: int) -> Table:
     """Execution ids are never cut (they are what `perdure show` takes); the free-text columns shrink.
 
-    The id, status, attempts and time columns do not wrap, so Rich shrinks only step, lease owner and
+    The id, status, attempts and time columns do not wrap, so Rich shrinks only name, step and
     error (ellipsized on one line). When `width` cannot hold the fixed columns plus a few characters
     of each free-text one, the least useful columns are left out (`_DROP_ORDER`); on a terminal
-    narrower than an id, the id folds onto several lines rather than losing characters.
+    narrower than an id, the id folds onto several lines rather than losing characters. The status
+    is the state (`running`, `interrupted`, `sleeping` for a stored `success`).
     """
+    now = utcnow()
     rows = [
         {
             "execution_id": safe_text(head.execution_id),
-            "status": head.status.value,
+            "status": state(head, now),
+            "name": safe_text(execution_name(head)),
             "step": safe_text(f"{head.step_index} {head.step_name}".strip()),
             "attempts": str(head.attempts),
-            "updated_at": f"{head.updated_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z",
+            "updated": f"{ago(head.updated_at, now)} ago",
             "lease_owner": safe_text(head.lease_owner or ""),
             "error": safe_text(str(head.error) if head.error else ""),
         }
@@ -81,10 +114,15 @@ def _list_table(heads: Sequence[ExecutionRecord], width: int) -> Table:
         if needed(columns) <= width:
             break
         columns.remove(column)
+    roomy = sum(natural(c) for c in columns) + 2 * (len(columns) - 1) <= width
+    cap = None if roomy else _FLEX_MIN + 2  # short of room, the error gets what name and step leave
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for column in columns:
         table.add_column(
-            column, no_wrap=column in _FIXED_COLUMNS, justify="right" if column == "attempts" else "left"
+            column,
+            no_wrap=column in _FIXED_COLUMNS,
+            justify="right" if column == "attempts" else "left",
+            max_width=cap if column in ("name", "step", "lease_owner") else None,
         )
     for row in rows:
         table.add_row(
@@ -100,20 +138,119 @@ def _list_table(heads: Sequence[ExecutionRecord], width: int) -> Table:
     return table
 
 
+def _next_command(
+    storage: str | None,
+    statuses: list[ExecutionStatus] | None,
+    name: str | None,
+    since: str | None,
+    until: str | None,
+    search: str | None,
+    limit: int,
+    cursor: str,
+) -> str:
+    """`perdure list ... --cursor TOKEN`: the next page, with the same filters.
+
+    A storage URL with a password is left out (pass it again, or set PERDURE_STORAGE_URL): the line is
+    printed on the terminal.
+    """
+    parts = ["perdure", "list"]
+    if storage and mask_url(storage) == storage:
+        parts += ["--storage", storage]
+    for status in statuses or ():
+        parts += ["--status", status.value]
+    for option, value in (("--name", name), ("--since", since), ("--until", until), ("--search", search)):
+        if value:
+            parts += [option, value]
+    if limit != 50:
+        parts += ["--limit", str(limit)]
+    parts += ["--cursor", cursor]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
 @app.command("list")
 def list_executions(
     storage: StorageOption = None,
-    status: Annotated[ExecutionStatus | None, typer.Option(help="Only this status.")] = None,
-    limit: Annotated[int | None, typer.Option(min=0, help="At most this many (newest first).")] = 50,
+    status: Annotated[
+        list[ExecutionStatus] | None,
+        typer.Option("--status", show_default=False, help="Only this status (repeatable)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", show_default=False, help="Only this agent or workflow name.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHEN",
+            show_default=False,
+            help="Only created at or after WHEN: 2h, 7d, 30m ago, or an ISO date/time (UTC if no offset).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(metavar="WHEN", show_default=False, help="Only created before WHEN (as --since)."),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT", show_default=False, help="Only with TEXT in the id, name or error (any case)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many per page.")] = 50,
+    cursor: Annotated[
+        str | None,
+        typer.Option(metavar="TOKEN", show_default=False, help="The page after the one that printed TOKEN."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List executions, most recently updated first."""
-    heads = _query(storage, lambda s: s.list_executions_async(status, limit))
+    """List executions, most recently updated first, a page at a time."""
+    window: dict[str, datetime | None] = {}
+    for option, value in (("--since", since), ("--until", until)):
+        try:
+            window[option] = parse_moment(value) if value else None
+        except ValueError as exc:
+            _usage(f"{option}: {exc}")
+    try:
+        query = ExecutionQuery(
+            statuses=frozenset(s.value for s in status) if status else None,
+            name=name or None,
+            since=window["--since"],
+            until=window["--until"],
+            search=search or None,
+            limit=limit,
+            cursor=cursor or None,
+        )
+    except UserError as exc:
+        _usage(str(exc).replace("ExecutionQuery.", "--").replace("--statuses", "--status"))
+
+    async def load(store: DurableExecutionStorage) -> tuple[ExecutionPage, int]:
+        page = await store.query_executions_async(query)
+        total = await store.count_executions_async(query)
+        return page, total
+
+    page, total = _query(storage, load)
     if as_json:
-        typer.echo(_json([_row(h) for h in heads]))
+        typer.echo(
+            _json(
+                {"executions": [_row(h) for h in page.items], "total": total, "next_cursor": page.next_cursor}
+            )
+        )
         return
     console = Console()
-    console.print(_list_table(heads, console.width))
+    if page.items:
+        console.print(_list_table(page.items, console.width))
+    matching = "execution" if total == 1 else "executions"
+    typer.echo(f"{len(page.items)} of {total} {matching}{' (filtered)' if _filtered(query) else ''}")
+    if page.next_cursor:
+        # A relative --since/--until is written as the moment it meant, so every page has the same window.
+        since_at, until_at = (
+            m.isoformat(timespec="seconds") if m else None for m in (query.since, query.until)
+        )
+        command = _next_command(storage, status, name, since_at, until_at, search, limit, page.next_cursor)
+        typer.echo(f"next page: {safe_text(command)}")
+
+
+def _filtered(query: ExecutionQuery) -> bool:
+    return any(v is not None for v in (query.statuses, query.name, query.since, query.until, query.search))
 
 
 @app.command()
@@ -125,69 +262,6 @@ def stats(storage: StorageOption = None, as_json: JsonOption = False) -> None:
         return
     title = Text(safe_text(f"{data['backend']}: {data['total_executions']} executions"))
     table = Table("status", "executions", title=title)
-    for name, count in data["by_status"].items():
-        table.add_row(_cell(name), _cell(count))
+    for status_name, count in data["by_status"].items():
+        table.add_row(_cell(status_name), _cell(count))
     Console().print(table)
-
-
-def _pending(head: ExecutionRecord) -> str:
-    """What a paused execution waits for (the decision kind and its tool calls), for `show`."""
-    if head.pending is None:
-        return ""
-    calls = ", ".join(f"{c.tool_name} ({c.tool_call_id})" for c in head.pending.calls)
-    return f"{head.pending.kind}: {calls}" if calls else head.pending.kind
-
-
-@app.command()
-def show(
-    execution_id: Annotated[str, typer.Argument(help="The execution to show.")],
-    storage: StorageOption = None,
-    steps: Annotated[int, typer.Option(min=0, help="Show the last N journal entries.")] = 50,
-    as_json: JsonOption = False,
-) -> None:
-    """Show an execution's head and a summary of its journal."""
-
-    async def load(store: DurableExecutionStorage) -> tuple[ExecutionRecord | None, list[Any], str]:
-        head = await store.load_state_async(execution_id)
-        journal = await store.load_steps_async(execution_id) if head is not None else []
-        return head, journal, str(store.not_found_error(execution_id)) if head is None else ""
-
-    head, journal, missing = _query(storage, load)
-    if head is None:
-        typer.echo(f"error: {safe_text(missing)}", err=True)
-        raise typer.Exit(EXIT_FAILURE)
-    entries = [
-        {
-            "seq": s.seq,
-            "kind": s.kind.value,
-            "name": s.name,
-            "key": s.key,
-            "attempt": s.attempt,
-            "finished_at": s.finished_at.isoformat(timespec="milliseconds"),
-        }
-        for s in journal[len(journal) - steps :]
-        if steps
-    ]
-    if as_json:
-        typer.echo(_json({"head": head.info(), "journal_size": len(journal), "journal": entries}))
-        return
-    console = Console()
-    info = Table(show_header=False, title=Text(safe_text(f"execution {head.execution_id}")))
-    info.add_column(no_wrap=True)
-    info.add_column(overflow="fold")
-    fields: dict[str, Any] = {
-        **_row(head),
-        "agent": head.task.agent_name or "",
-        "tools": ", ".join(t.name for t in head.task.tools),
-        "pending": _pending(head),
-        "usage": head.usage.model_dump_json(),
-        "task": head.task.description[:200],
-    }
-    for key, value in fields.items():
-        info.add_row(_cell(key), _cell(value, fold=True))
-    console.print(info)
-    if entries:
-        journal_table = Table(*entries[0].keys(), title=Text(f"journal: {len(journal)} entries"))
-        for entry in entries:
-            journal_table.add_row(*(_cell(v, fold=True) for v in entry.values()))
-        console.print(journal_table)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
 
-from ..errors import CorruptRecordError, ExecutionCompletedError, PerdureError, UserError
+from ..errors import CorruptRecordError, ExecutionCancelledError, ExecutionCompletedError, UserError
 from ..records import ExecutionRecord, ExecutionStatus, StepKind, StepRecord, UsageTotals
 from ..storage.base import DurableExecutionStorage
 from ._keys import started_units
@@ -35,11 +35,7 @@ def check_resumable(head: ExecutionRecord) -> None:
     if head.status is ExecutionStatus.COMPLETED:
         raise ExecutionCompletedError(head.execution_id)
     if head.status is ExecutionStatus.CANCELLED:
-        raise PerdureError(
-            f"Execution {head.execution_id!r} was cancelled; it is not resumed. Start a new execution "
-            f"to run the task again.",
-            execution_id=head.execution_id,
-        )
+        raise ExecutionCancelledError(head.execution_id)  # the head's error says who cancelled it and why
 
 
 def check_durable(agent: PydanticAgent[Any, Any], execution_id: str) -> None:

@@ -47,7 +47,9 @@ from ..storage.base import DurableExecutionStorage
 from ..storage.memory import InMemoryDurableStorage
 from ..storage.url import storage_from_url
 from ._approvals import approval_pending, continue_round, journal_approval_round
-from ._attempt_end import attempt_scope, explain_unregistered_model
+from ._attempt_end import attempt_scope, end_cancelled, explain_unregistered_model
+from ._cancel import clear_request
+from ._operator import recorded_approvals
 from ._prechecks import check_decisions, check_durable, check_journal, check_resumable
 from .checkpoints import effective_journal
 from .decisions import ApprovalDecision, ToolResolution
@@ -417,6 +419,8 @@ class ExecutionHandle:
         journal = await self.storage.load_steps_async(head.execution_id)
         head = check_journal(self.storage, head, journal)
         journal = effective_journal(journal)  # without what a rewind superseded
+        if approvals is not None:  # with the decisions `perdure approve` / `deny` recorded already
+            approvals = {**recorded_approvals(head, journal), **approvals}
         check_decisions(head, journal, approvals, resolutions)
         resuming = head.attempts > 0
         head = head.attempt_started(identity)
@@ -448,9 +452,13 @@ class ExecutionHandle:
         async with attempt_scope(run, self.storage, self.worker_id, self.lease_ttl, explain=explain):
             result = await agent.run(user_prompt, run_id=head.execution_id, **kwargs)
         if isinstance(result.output, DeferredToolRequests):
+            if run.cancel_requested is not None and await end_cancelled(run, self.storage):
+                raise run.cancel_requested  # an operator cancelled it while this round ran
             await run.mark_paused(approval_pending(result, run.round))
             return AttemptResult(result, run.head)
         await run.mark_completed(to_jsonable_python(result.output))
+        if run.cancel_requested is not None:  # it finished before reaching a unit boundary
+            await clear_request(self.storage, head.execution_id)
         self._completed = True
         if self.auto_cleanup:
             await self.storage.delete_state_async(head.execution_id, force=True)

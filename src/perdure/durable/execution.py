@@ -16,6 +16,7 @@ from .._sync import run_sync, sync_twin
 from ..errors import UserError
 from ..records import ExecutionStatus, StepRecord
 from ..storage.base import DurableExecutionStorage
+from ._cancel import CancelOutcome, cancel_execution_async
 from ._streaming import DurableEventStream, StreamedEvent
 from .checkpoints import (
     Checkpoint,
@@ -31,7 +32,7 @@ from .checkpoints import (
 from .engine import AttemptResult, ExecutionHandle
 from .recovery import recover_interrupted_async
 
-__all__ = ["AttemptResult", "DurableEventStream", "DurableExecution", "StreamedEvent"]
+__all__ = ["AttemptResult", "CancelOutcome", "DurableEventStream", "DurableExecution", "StreamedEvent"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -96,6 +97,32 @@ class DurableExecution(ExecutionHandle):
     ) -> list[dict[str, Any]]:
         """Async twin of `list_all_executions`."""
         return [head.info() for head in await storage.list_executions_async(status, limit)]
+
+    @_HybridMethod
+    async def cancel_async(self_or_cls: Any, *args: Any, **options: Any) -> CancelOutcome:
+        """Async twin of `cancel`."""
+        execution_id, storage, reason = _cancel_target(self_or_cls, args, options)
+        return await cancel_execution_async(storage, execution_id, reason, **options)
+
+    @_HybridMethod
+    def cancel(self_or_cls: Any, *args: Any, **options: Any) -> CancelOutcome:
+        """Cancel an execution: at once when nobody runs it, else at its running attempt's next unit boundary.
+
+        Call as `DurableExecution.cancel(execution_id, storage, reason="")` or `durable.cancel(reason="")`.
+        An execution without a live lease (interrupted, paused, failed, not started) is marked
+        `cancelled` now, under a lease taken first so no worker starts it meanwhile. A running one gets
+        a cancel request that its worker reads on its lease heartbeat (every third of the lease time):
+        the unit that is running finishes and is journaled (a sync tool in its thread too), nothing
+        after it starts, and the head ends `cancelled` with an `ExecutionCancelledError` naming who
+        cancelled and why. Workers never resume a cancelled execution.
+
+        Keyword options: `requested_by` (default `user@host`), `wait` (seconds to wait for a running
+        execution to stop). Returns a `CancelOutcome` (`state`: `cancelled`, `requested` or
+        `already_cancelled`). Raises `ExecutionNotFoundError`, and `ExecutionCompletedError` for an
+        execution that completed already.
+        """
+        execution_id, storage, reason = _cancel_target(self_or_cls, args, options)
+        return run_sync(cancel_execution_async(storage, execution_id, reason, **options))
 
     def delete(self, *, force: bool = False) -> bool:
         """Delete this execution's records (a running one only with `force`; see `delete_state_async`)."""
@@ -354,6 +381,22 @@ def _target(target: Any, args: tuple[Any, ...], name: str) -> tuple[str, Durable
     if len(args) != 2:
         raise UserError(f"Call DurableExecution.{name}(execution_id, storage).")
     return args[0], args[1]
+
+
+def _cancel_target(
+    target: Any, args: tuple[Any, ...], options: dict[str, Any]
+) -> tuple[str, DurableExecutionStorage, str]:
+    """`(execution_id, storage, reason)` of `cancel`: instance `(reason?)`, class `(id, storage, reason?)`."""
+    reason = options.pop("reason", None)
+    if isinstance(target, DurableExecution) and len(args) <= 1:
+        execution_id, storage, rest = target.execution_id, target.storage, args
+    elif len(args) in (2, 3):
+        execution_id, storage, rest = args[0], args[1], args[2:]
+    else:
+        raise UserError("Call DurableExecution.cancel(execution_id, storage, reason='').")
+    if rest:
+        reason = rest[0]
+    return execution_id, storage, reason or ""
 
 
 def _storage(target: Any, args: tuple[Any, ...], name: str) -> DurableExecutionStorage:

@@ -38,6 +38,7 @@ from pydantic_ai.durable_exec import record_durable_unit
 from .. import _faults
 from ..errors import (
     ExecutionAborted,
+    ExecutionCancelledError,
     JournalMismatchError,
     NonIdempotentReplayError,
     SerializationError,
@@ -153,6 +154,9 @@ class JournalRun:
         """Whether this attempt wrote its head yet (the attempt start is stored with the first write)."""
         self._instructions_checked = False
         self._deferred_cancel = False
+        self.cancel_requested: ExecutionCancelledError | None = None
+        """Set (by the lease heartbeat) when an operator asked to cancel this execution: the next unit
+        raises it instead of starting, so the run stops at a unit boundary (see `perdure.durable._cancel`)."""
         self._journal = {step.key: step for step in journal}
         self._keys = UnitKeys(self._journal)
         self._replay_remaining = sum(1 for step in journal if step.kind in _RESULT_KINDS)
@@ -341,6 +345,8 @@ class JournalRun:
         metadata): `idempotent` (tools, default True), `retry` (a `RetryPolicy`) and
         `circuit_breaker` (a `CircuitBreaker`, model requests).
         """
+        if self.cancel_requested is not None:  # an operator's cancel: stop before this unit starts
+            raise self.cancel_requested
         if time.monotonic() >= self._next_yield:  # units that never wait would starve the heartbeat
             self._next_yield = time.monotonic() + _YIELD_EVERY
             await asyncio.sleep(0)

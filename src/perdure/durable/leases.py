@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .. import _faults
 from ..errors import ExecutionLeasedError, LeaseLostError, StorageUnavailableError
@@ -92,8 +92,13 @@ async def heartbeat(
     owner: str,
     ttl: float,
     on_renewed: Callable[[object], None],
+    on_beat: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Renew the lease every third of `ttl` until cancelled, or until it was lost (writes are then fenced)."""
+    """Renew the lease every third of `ttl` until cancelled, or until it was lost (writes are then fenced).
+
+    `on_beat` runs after each renewal: the engine polls for an operator's cancel request there, so a
+    running execution notices `DurableExecution.cancel` within a third of its lease time.
+    """
     while True:
         await asyncio.sleep(ttl / 3)
         try:
@@ -105,3 +110,9 @@ async def heartbeat(
             return
         except (StorageUnavailableError, OSError) as exc:
             logger.warning("[%s] lease renewal failed, will retry: %s", execution_id, exc)
+            continue
+        if on_beat is not None:
+            try:
+                await on_beat()
+            except (StorageUnavailableError, OSError) as exc:
+                logger.warning("[%s] cancel request poll failed, will retry: %s", execution_id, exc)

@@ -40,6 +40,7 @@ from pydantic_ai import Agent as PydanticAgent
 
 from ..errors import (
     CorruptRecordError,
+    ExecutionCancelledError,
     ExecutionCompletedError,
     ExecutionLeasedError,
     ExecutionNotFoundError,
@@ -310,6 +311,9 @@ async def _recover_leased(
         report.failed[execution_id] = f"timed out after {options.timeout}s (cancelled; journal intact)"
     except ExecutionCompletedError:
         report.skipped[execution_id] = "already completed"
+    except ExecutionCancelledError as exc:  # an operator cancelled it; it stopped at a unit boundary
+        logger.info("[%s] %s", execution_id, exc)
+        report.skipped[execution_id] = "cancelled"
     except ExecutionLeasedError as exc:
         report.skipped[execution_id] = f"leased by {exc.owner}"
     except ExecutionNotFoundError:

@@ -101,6 +101,24 @@ def unit_done(head: ExecutionRecord, step: StepRecord, *, replayed: bool) -> Uni
     return UnitCompleted(**fields, duration=duration, at=step.finished_at)
 
 
+def _live_fields(
+    head: ExecutionRecord, kind: StepKind, name: str, key: str, seq: int, attempt: int, call_id: str | None
+) -> dict[str, Any]:
+    """What a unit running live says about itself (before its result is journaled)."""
+    tool, call_id = _tool(kind, name, key, call_id)
+    return {
+        "execution_id": head.execution_id,
+        "name": run_name(head),
+        "step_index": seq,
+        "step_name": name,
+        "unit_kind": kind.value,
+        "unit_key": key,
+        "tool_name": tool,
+        "tool_call_id": call_id,
+        "attempt": attempt,
+    }
+
+
 def unit_started(
     head: ExecutionRecord,
     kind: StepKind,
@@ -111,18 +129,7 @@ def unit_started(
     tool_call_id: str | None = None,
 ) -> UnitStarted:
     """A unit about to run live at journal position `seq`."""
-    tool, call_id = _tool(kind, name, key, tool_call_id)
-    return UnitStarted(
-        execution_id=head.execution_id,
-        name=run_name(head),
-        step_index=seq,
-        step_name=name,
-        unit_kind=kind.value,
-        unit_key=key,
-        tool_name=tool,
-        tool_call_id=call_id,
-        attempt=attempt,
-    )
+    return UnitStarted(**_live_fields(head, kind, name, key, seq, attempt, tool_call_id))
 
 
 def _error_fields(error: ErrorInfo | dict[str, Any] | None) -> dict[str, Any]:
@@ -145,20 +152,8 @@ def unit_failed(
     tool_call_id: str | None = None,
 ) -> UnitFailed:
     """A unit that raised and is not tried again in this attempt."""
-    tool, call_id = _tool(kind, name, key, tool_call_id)
-    return UnitFailed(
-        execution_id=head.execution_id,
-        name=run_name(head),
-        step_index=seq,
-        step_name=name,
-        unit_kind=kind.value,
-        unit_key=key,
-        tool_name=tool,
-        tool_call_id=call_id,
-        attempt=attempt,
-        duration=duration,
-        **_error_fields(error),
-    )
+    fields = _live_fields(head, kind, name, key, seq, attempt, tool_call_id)
+    return UnitFailed(**fields, duration=duration, **_error_fields(error))
 
 
 def unit_retried(head: ExecutionRecord, entry: StepRecord, unit_kind: StepKind | None = None) -> UnitRetried:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._query import ActivityBucket, CancelRequest, ExecutionPage, ExecutionQuery
 from .base import ChangeFeed, DurableExecutionStorage, DurableStorage, validate_identifier
 from .file import FileDurableStorage
 from .memory import InMemoryDurableStorage
@@ -20,9 +21,13 @@ if TYPE_CHECKING:
     from .redis import RedisDurableStorage
 
 __all__ = [
+    "ActivityBucket",
+    "CancelRequest",
     "ChangeFeed",
     "DurableExecutionStorage",
     "DurableStorage",
+    "ExecutionPage",
+    "ExecutionQuery",
     "FileDurableStorage",
     "InMemoryDurableStorage",
     "PostgresDurableStorage",

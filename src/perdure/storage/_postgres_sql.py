@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LAYOUT_VERSION", "MIGRATIONS", "Names", "Sql"]
+__all__ = ["LAYOUT_VERSION", "MIGRATIONS", "TRGM_LOCK", "Names", "Sql", "search_index_statements"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Names:
     def tombstones(self) -> str:
         return f"{self.prefix}tombstones"
 
+    @property
+    def cancels(self) -> str:
+        return f"{self.prefix}cancels"
+
     def channel(self, schema: str) -> str:
         """The LISTEN/NOTIFY channel of these tables in `schema` (at most 63 bytes, PostgreSQL's limit).
 
@@ -52,7 +56,34 @@ class Names:
     @property
     def all(self) -> tuple[str, ...]:
         h, tb = self.heads, self.tombstones
-        return (h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx", tb, f"{tb}_idx")
+        return (
+            *(h, self.steps, self.meta, f"{h}_updated_idx", f"{h}_status_idx", tb, f"{tb}_idx"),
+            *(self.cancels, f"{h}_name_idx", f"{h}_created_idx", f"{h}_fill_idx", self.search_trgm),
+        )
+
+    @property
+    def search_trgm(self) -> str:
+        """The optional `pg_trgm` index of `search` (see `search_index_statements`)."""
+        return f"{self.heads}_search_trgm"
+
+
+TRGM_LOCK = "perdure:pg_trgm"
+"""Advisory lock key that serializes `CREATE EXTENSION pg_trgm` across stores of one database."""
+
+
+def search_index_statements(n: Names) -> list[str]:
+    """The trigram index of `search` (substring search by index), created when `pg_trgm` can be.
+
+    Not a layout step: the extension may be missing from the server or the role may not be allowed
+    to create it, and the tables work without it (a search then reads rows newest first). The
+    client tries these once per storage, in a transaction of their own, see
+    `PostgresDurableStorage._ensure_search_index`.
+    """
+    h = n.heads
+    return [
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+        f"CREATE INDEX IF NOT EXISTS {n.search_trgm} ON {h} USING gin (search gin_trgm_ops)",
+    ]
 
 
 def _layout_v1(n: Names) -> list[str]:
@@ -81,7 +112,29 @@ def _layout_v2(n: Names) -> list[str]:
     ]
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[Names], list[str]]], ...] = ((1, _layout_v1), (2, _layout_v2))
+def _layout_v3(n: Names) -> list[str]:
+    """The list queries' columns and indexes, and cancel requests.
+
+    `name` (agent or workflow name) and `search` (case-folded id, name and error) are filled on every
+    head write; rows of older layouts are filled after the migration by the client (`_fill_idx`
+    finds them), see `PostgresDurableStorage._backfill`.
+    """
+    h = n.heads
+    return [
+        f"ALTER TABLE {h} ADD COLUMN IF NOT EXISTS name TEXT, ADD COLUMN IF NOT EXISTS search TEXT",
+        f"CREATE INDEX IF NOT EXISTS {h}_name_idx ON {h} (name, updated_at DESC, execution_id DESC)",
+        f"CREATE INDEX IF NOT EXISTS {h}_created_idx ON {h} (created_at)",
+        f"CREATE INDEX IF NOT EXISTS {h}_fill_idx ON {h} (execution_id) WHERE search IS NULL",
+        f"CREATE TABLE IF NOT EXISTS {n.cancels} (execution_id TEXT PRIMARY KEY, "
+        f"requested_at TIMESTAMPTZ NOT NULL, reason TEXT NOT NULL)",
+    ]
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Names], list[str]]], ...] = (
+    (1, _layout_v1),
+    (2, _layout_v2),
+    (3, _layout_v3),
+)
 """Ordered `(version, statements)` steps; a new layout appends `(2, _layout_v2)` with its ALTERs."""
 
 LAYOUT_VERSION = MIGRATIONS[-1][0]
@@ -116,6 +169,11 @@ class Sql:
     count_old: str
     delete_many: str
     purge: str
+    unfilled: str
+    fill: str
+    cancel_put: str
+    cancel_get: str
+    cancel_del: str
     raw_head: str
     meta_create: str
     meta_get: str
@@ -130,7 +188,7 @@ class Sql:
         when it wrote something, so listeners hear of the change when it commits, and only then.
         `notify=False` only exists to measure what the notification costs (benchmarks/change_feed.py).
         """
-        h, s, m, tb = n.heads, n.steps, n.meta, n.tombstones
+        h, s, m, tb, cn = n.heads, n.steps, n.meta, n.tombstones, n.cancels
 
         def announced(rows: str, execution_id: str = "%(id)s") -> str:
             """Rows of `rows` (a CTE name), notifying when there is one; a volatile filter, per row."""
@@ -149,18 +207,19 @@ class Sql:
         )
         # Creates the head unless the id is tombstoned (callers hold the id's advisory lock).
         upsert = (
-            f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload) "
-            f"SELECT %(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s "
-            f"WHERE NOT EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s) "
+            f"INSERT INTO {h} AS cur (execution_id, status, updated_at, created_at, codec, payload, name, "
+            f"search) SELECT %(id)s, %(status)s, %(updated)s, %(created)s, %(codec)s, %(payload)s, "
+            f"%(name)s, %(search)s WHERE NOT EXISTS (SELECT FROM {tb} WHERE execution_id = %(id)s) "
             f"ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status, "
             f"updated_at = EXCLUDED.updated_at, created_at = EXCLUDED.created_at, "
-            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload WHERE {fence} RETURNING 1"
+            f"codec = EXCLUDED.codec, payload = EXCLUDED.payload, name = EXCLUDED.name, "
+            f"search = EXCLUDED.search WHERE {fence} RETURNING 1"
         )
         # Never creates: the write of a running attempt, and the head half of a step append.
         update = (
             f"UPDATE {h} AS cur SET status = %(status)s, updated_at = %(updated)s, "
-            f"created_at = %(created)s, codec = %(codec)s, payload = %(payload)s "
-            f"WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
+            f"created_at = %(created)s, codec = %(codec)s, payload = %(payload)s, name = %(name)s, "
+            f"search = %(search)s WHERE cur.execution_id = %(id)s AND {fence} RETURNING 1"
         )
         listing = f"SELECT {cols} FROM {h} {{where}} ORDER BY updated_at DESC, execution_id DESC LIMIT %s"
         # One notification however many rows a batch inserts (the LIMIT stops the filter's scan).
@@ -217,6 +276,7 @@ class Sql:
             delete=(
                 f"WITH st AS (DELETE FROM {s} WHERE execution_id = %(id)s), "
                 f"hd AS (DELETE FROM {h} WHERE execution_id = %(id)s), "
+                f"cn AS (DELETE FROM {cn} WHERE execution_id = %(id)s), "
                 f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) VALUES (%(id)s, clock_timestamp()) "
                 f"ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
                 + ("SELECT pg_notify(%(channel)s, %(id)s)" if notify else "SELECT 1")
@@ -240,6 +300,7 @@ class Sql:
             count_old=f"SELECT count(*) FROM {h} WHERE updated_at < %(cutoff)s AND {not_kept}",
             delete_many=(
                 f"WITH st AS (DELETE FROM {s} WHERE execution_id = ANY(%(ids)s)), "
+                f"cn AS (DELETE FROM {cn} WHERE execution_id = ANY(%(ids)s)), "
                 f"hd AS (DELETE FROM {h} WHERE execution_id = ANY(%(ids)s) RETURNING execution_id), "
                 f"tb AS (INSERT INTO {tb} (execution_id, deleted_at) SELECT execution_id, clock_timestamp() "
                 f"FROM hd ON CONFLICT (execution_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at) "
@@ -252,6 +313,20 @@ class Sql:
                 f"WHERE deleted_at < %(cutoff)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING 1) "
                 f"SELECT count(*) FROM gone"
             ),
+            unfilled=f"SELECT execution_id, codec, payload FROM {h} WHERE search IS NULL LIMIT %s",
+            fill=f"UPDATE {h} SET name = %s, search = %s WHERE execution_id = %s AND search IS NULL",
+            # The head row is share-locked against a concurrent delete (which locks it FOR UPDATE), so
+            # a request never outlives its execution; announced on the change feed when it exists.
+            cancel_put=(
+                f"WITH head AS (SELECT execution_id FROM {h} WHERE execution_id = %(id)s FOR KEY SHARE), "
+                f"ins AS (INSERT INTO {cn} (execution_id, requested_at, reason) "
+                f"SELECT execution_id, clock_timestamp(), %(reason)s FROM head "
+                f"ON CONFLICT (execution_id) DO NOTHING) "
+                f"SELECT count(*) FROM head"
+                + (" WHERE pg_notify(%(channel)s, head.execution_id) IS NOT NULL" if notify else "")
+            ),
+            cancel_get=f"SELECT requested_at, reason FROM {cn} WHERE execution_id = %s",
+            cancel_del=f"DELETE FROM {cn} WHERE execution_id = %s RETURNING 1",
             raw_head=(
                 f"INSERT INTO {h} (execution_id, status, updated_at, created_at, codec, payload) "
                 f"VALUES (%s, NULL, clock_timestamp(), clock_timestamp(), 'json', %s) "

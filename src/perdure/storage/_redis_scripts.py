@@ -20,8 +20,9 @@ STATUSES = [s.value for s in ExecutionStatus]
 _FINISHED = (ExecutionStatus.COMPLETED.value, ExecutionStatus.CANCELLED.value)
 
 # Per-execution scripts get KEYS = head, journal, lease, idx:all, idx:expiry, idx:status:<s>... in
-# `STATUSES` order, tomb, idx:tombstones, and the change channel (see `Keys.execution`; a channel is
-# not a key, but passing it here keeps every name of the layout out of the scripts' text).
+# `STATUSES` order, tomb, idx:tombstones, the change channel, and cancel (a pending cancel request)
+# (see `Keys.execution`; a channel is not a key, but passing it here keeps every name of the layout
+# out of the scripts' text).
 
 # Lua tables built from the Python enums, so the scripts can never disagree with them.
 _LUA_TABLES = (
@@ -35,6 +36,7 @@ _LUA_COMMON = (
     + """local FIRST_STATUS_KEY = 6
 local TOMB_INDEX = TOMB_KEY + 1
 local CHANNEL = TOMB_KEY + 2
+local CANCEL = TOMB_KEY + 3
 
 -- Announce a change of this execution to the storage's change feeds (delivered with the write:
 -- a script is atomic). An empty channel name announces nothing (the benchmark's baseline).
@@ -117,12 +119,12 @@ local function put_head(id, codec, payload, status, score, ttl_ms)
     redis.call('ZADD', KEYS[FIRST_STATUS_KEY + STATUS_INDEX[status]], score, id)
   end
   if ttl_ms > 0 and FINISHED[status] then
-    for i = 1, 3 do
+    for _, i in ipairs({1, 2, 3, CANCEL}) do
       redis.call('PEXPIRE', KEYS[i], ttl_ms)
     end
     redis.call('ZADD', KEYS[5], string.format('%.0f', now_ms() + ttl_ms), id)
   elseif old and FINISHED[old] then
-    for i = 1, 3 do
+    for _, i in ipairs({1, 2, 3, CANCEL}) do
       redis.call('PERSIST', KEYS[i])
     end
     redis.call('ZREM', KEYS[5], id)
@@ -199,7 +201,7 @@ if ARGV[2] == '1' then
     return {'ok', 0}
   end
   -- The head expired: forget what is left, without a tombstone (an expiry is not a delete).
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[CANCEL])
   unindex(ARGV[1])
   return {'ok', 0}
 end
@@ -225,7 +227,7 @@ if ARGV[3] ~= '1' then
     return {'leased', held[1], held[2]}
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[CANCEL])
 unindex(ARGV[1])
 local now = now_us()
 local ttl_ms = tonumber(ARGV[4])
@@ -296,6 +298,27 @@ end
 return 0
 """
 
+# KEYS: head, cancel, channel ('' announces nothing). ARGV: id, reason. The first request stays (its
+# time is the server's, in microseconds); it expires with the head. Replies 1, or 0 without a head.
+_LUA_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local t = redis.call('TIME')
+  local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('HSET', KEYS[2], 't', now, 'r', ARGV[2])
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], pttl)
+  end
+end
+if KEYS[3] ~= '' then
+  redis.call('PUBLISH', KEYS[3], ARGV[1])
+end
+return 1
+"""
+
 # KEYS: idx:expiry, idx:status:<s>... ARGV: batch. Counts, or the executions due for forgetting first.
 _LUA_STATS = """
 local t = redis.call('TIME')
@@ -320,6 +343,7 @@ SCRIPTS = {
     "renew": _LUA_RENEW,
     "release": _LUA_RELEASE,
     "stats": _LUA_STATS,
+    "cancel": _LUA_CANCEL,
 }
 
 
@@ -347,6 +371,9 @@ class Keys:
 
     def tomb(self, execution_id: str) -> str:
         return f"{self.prefix}tomb:{execution_id}"
+
+    def cancel(self, execution_id: str) -> str:
+        return f"{self.prefix}cancel:{execution_id}"
 
     @property
     def tombstones(self) -> str:
@@ -378,4 +405,5 @@ class Keys:
             self.tomb(execution_id),
             self.tombstones,
             self.channel if self.announce else "",
+            self.cancel(execution_id),
         ]

@@ -66,9 +66,23 @@ from ..errors import (
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from ..settings import keep_statuses as _parse_keep
 from ..settings import settings
+from ._query import (
+    ActivityBucket,
+    CancelRequest,
+    ExecutionPage,
+    ExecutionQuery,
+    activity_bounds,
+    activity_of,
+    check_reason,
+    page_of,
+)
 
 __all__ = [
     "CLEANUP_BATCH",
+    "ActivityBucket",
+    "CancelRequest",
+    "ExecutionPage",
+    "ExecutionQuery",
     "DEFAULT_RETENTION_DAYS",
     "ChangeFeed",
     "DurableExecutionStorage",
@@ -227,10 +241,12 @@ class DurableExecutionStorage(ABC):
     """Abstract base class of all storage backends (subclass it for a custom backend).
 
     Implement the abstract `*_async` methods; the sync twins, `get_stats` and `cleanup` helpers are
-    derived from them. Override `get_stats_async`, `list_executions_async` and
-    `cleanup_old_executions_async` when the backend can answer them from an index, and
+    derived from them. Override `get_stats_async`, `list_executions_async`,
+    `query_executions_async`, `count_executions_async`, `activity_async` and
+    `cleanup_old_executions_async` when the backend can answer them from an index,
     `append_steps_async` (with `atomic_batches = True`) when it can write several journal entries
-    and a head in one atomic write.
+    and a head in one atomic write, and the cancel request methods (with
+    `shared_cancel_requests = True`) to store cancel requests where every process sees them.
     """
 
     backend_name: ClassVar[str] = "custom"
@@ -439,6 +455,85 @@ class DurableExecutionStorage(ABC):
     async def get_stats_async(self) -> dict[str, Any]:
         """`{"backend", "total_executions", "by_status"}`; `by_status` lists every status."""
         return self._stats((head.status.value, 1) for head in await self._iter_heads_async())
+
+    async def query_executions_async(self, query: ExecutionQuery) -> ExecutionPage:
+        """One page of the executions `query` selects (see `ExecutionQuery`), newest first.
+
+        Order: `updated_at` descending, then `execution_id` descending. `next_cursor` (None on the
+        last page) encodes the last row's `(updated_at, execution_id)`; the page after it starts
+        strictly after that row, so rows added while paging never shift later pages and a walk
+        sees every row that existed and was not updated meanwhile exactly once. Damaged heads are
+        skipped with a warning. This default decodes every head (memory, file and custom backends);
+        SQLite and PostgreSQL answer from indexes, Redis pages through its `updated_at` indexes.
+        """
+        return page_of(await self._iter_heads_async(), query)
+
+    async def count_executions_async(self, query: ExecutionQuery) -> int:
+        """How many executions `query`'s filters select (its `limit` and `cursor` are ignored)."""
+        return sum(1 for head in await self._iter_heads_async() if query.matches(head))
+
+    async def activity_async(self, since: datetime, bucket_seconds: int = 3600) -> list[ActivityBucket]:
+        """Executions started and failed per bucket of `bucket_seconds`, from `since` to now, oldest first.
+
+        Bucket k starts at `since + k * bucket_seconds` and the last one contains now; empty buckets
+        are included (a `since` in the future gives none). `started` counts executions whose
+        `created_at` falls in the bucket, `failed` those whose status is `failed` and whose
+        `updated_at` falls in it. At most `MAX_BUCKETS` (10,000) buckets; `UserError` otherwise or
+        for a `bucket_seconds` that is not an integer >= 1.
+        """
+        bounds = activity_bounds(since, bucket_seconds)
+        if not bounds:
+            return []
+        return activity_of(await self._iter_heads_async(), bounds)
+
+    # ---- cancel requests ------------------------------------------------------------------------
+    # Cooperative cancel: an operator records a request, the worker holding the lease polls it (its
+    # heartbeat) and stops at the next unit boundary. The request lives apart from the head, which the
+    # worker rewrites at every step.
+
+    shared_cancel_requests: ClassVar[bool] = False
+    """Whether cancel requests are stored with the executions, seen by every instance and process.
+
+    True for every built-in backend. The default implementation a custom backend inherits keeps them
+    in this storage object only (workers in other processes never see them): override
+    `request_cancel_async`, `cancel_request_async` and `clear_cancel_request_async`, remove the
+    request when the execution is deleted, and set this to True.
+    """
+
+    def _local_cancels(self) -> dict[str, CancelRequest]:
+        cancels: dict[str, CancelRequest] | None = self.__dict__.get("_default_cancels")
+        if cancels is None:
+            cancels = self.__dict__.setdefault("_default_cancels", {})
+        return cancels
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """Ask the worker running `execution_id` to stop at its next unit boundary.
+
+        Returns False when the execution does not exist, True otherwise. Idempotent: a second
+        request keeps the first one's time and reason. The request stays until
+        `clear_cancel_request_async` or until the execution is deleted (`delete_state_async`,
+        cleanup). Backends with a change feed announce the execution on it.
+        """
+        check_reason(reason)
+        if await self.load_state_async(execution_id) is None:
+            return False
+        self._local_cancels().setdefault(execution_id, CancelRequest(utcnow(), reason))
+        return True
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        """The pending cancel request of `execution_id`, None when there is none (or no such execution).
+
+        Cheap (one key or primary-key read on the built-in backends): the lease heartbeat polls it.
+        """
+        request = self._local_cancels().get(execution_id)
+        if request is not None and await self.load_state_async(execution_id) is None:
+            self._local_cancels().pop(execution_id, None)  # deleted meanwhile
+            return None
+        return request
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:
+        """Remove the cancel request of `execution_id`; whether there was one (idempotent)."""
+        return self._local_cancels().pop(execution_id, None) is not None
 
     async def cleanup_old_executions_async(
         self,
@@ -708,6 +803,30 @@ class DurableExecutionStorage(ABC):
     ) -> list[ExecutionRecord]:
         """Sync twin of `list_executions_async`."""
         return run_sync(self.list_executions_async(status, limit))
+
+    def query_executions(self, query: ExecutionQuery) -> ExecutionPage:
+        """Sync twin of `query_executions_async`."""
+        return run_sync(self.query_executions_async(query))
+
+    def count_executions(self, query: ExecutionQuery) -> int:
+        """Sync twin of `count_executions_async`."""
+        return run_sync(self.count_executions_async(query))
+
+    def activity(self, since: datetime, bucket_seconds: int = 3600) -> list[ActivityBucket]:
+        """Sync twin of `activity_async`."""
+        return run_sync(self.activity_async(since, bucket_seconds))
+
+    def request_cancel(self, execution_id: str, reason: str = "") -> bool:
+        """Sync twin of `request_cancel_async`."""
+        return run_sync(self.request_cancel_async(execution_id, reason))
+
+    def cancel_request(self, execution_id: str) -> CancelRequest | None:
+        """Sync twin of `cancel_request_async`."""
+        return run_sync(self.cancel_request_async(execution_id))
+
+    def clear_cancel_request(self, execution_id: str) -> bool:
+        """Sync twin of `clear_cancel_request_async`."""
+        return run_sync(self.clear_cancel_request_async(execution_id))
 
     def save_checkpoint(self, workflow_id: str, checkpoint: Any) -> str:
         """Sync twin of `save_checkpoint_async`."""

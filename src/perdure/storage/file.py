@@ -5,6 +5,7 @@ Layout under `path`::
     <execution_id>/head.json       the head record (JSON, replaced atomically)
     <execution_id>/journal.jsonl   one JSON line per journal entry, append-only
     <execution_id>/lease.json      the lease (owner, expiry as epoch seconds), when one is held
+    <execution_id>/cancel.json     a pending cancel request (time, reason), removed with the directory
     #tombstones/<execution_id>     tombstone of a deleted execution (its mtime is the deletion time)
     #trash/<execution_id>.<rand>   an execution directory being removed by a delete
 
@@ -87,6 +88,7 @@ from ..errors import (
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
 from . import _clock
+from ._query import CancelRequest, check_reason
 from .base import DurableExecutionStorage, check_journal_seqs, logger, retention_keep, stored_seq
 
 __all__ = ["FileDurableStorage"]
@@ -94,6 +96,7 @@ __all__ = ["FileDurableStorage"]
 HEAD_FILE = "head.json"
 JOURNAL_FILE = "journal.jsonl"
 LEASE_FILE = "lease.json"
+CANCEL_FILE = "cancel.json"
 TOMBSTONES_DIR = "#tombstones"
 TRASH_DIR = "#trash"
 _ENVELOPE_PREFIX = b'{"codec":'
@@ -211,6 +214,7 @@ class FileDurableStorage(DurableExecutionStorage):
     """
 
     backend_name = "file"
+    shared_cancel_requests = True
     journal_may_lead_head = 64
     max_batch = 64
     atomic_batches = True
@@ -576,6 +580,66 @@ class FileDurableStorage(DurableExecutionStorage):
             with self._cache_lock:
                 self._journal_cache.pop(execution_id, None)
             raise _os_error(exc, execution_id) from exc
+
+    # ---- cancel requests (a file in the execution's directory, gone when it is deleted) -----------
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """Write `cancel.json` under the execution's lock (temp file, `os.replace`); the first stays."""
+        check_reason(reason)
+        if not self.path.is_dir():
+            return False
+        async with self._locked(execution_id) as directory:
+            if directory is None:
+                return False
+            target = directory / CANCEL_FILE
+            if target.exists():
+                return True
+            tmp = directory / f".cancel-{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp"
+            try:
+                tmp.write_text(json.dumps({"requested_at": time.time(), "reason": reason}))
+                if self.fsync:
+                    with open(tmp, "rb") as handle:
+                        os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            if self.fsync:
+                _fsync_dir(directory)
+            return True
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        """Read `cancel.json` (one small file; a torn one counts as a request without a reason)."""
+        directory = self._dir(execution_id)
+        try:
+            raw = (directory / CANCEL_FILE).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _os_error(exc, execution_id) from exc
+        if self._tombstoned(execution_id):
+            return None
+        try:
+            data = json.loads(raw)
+            return CancelRequest(
+                datetime.fromtimestamp(float(data["requested_at"]), UTC), str(data["reason"])
+            )
+        except (ValueError, KeyError, TypeError):
+            logger.warning("unreadable cancel request file in %s: taken as a request", directory)
+            return CancelRequest(datetime.fromtimestamp((directory / CANCEL_FILE).stat().st_mtime, UTC), "")
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:
+        if not self.path.is_dir():
+            return False
+        async with self._locked(execution_id) as directory:
+            if directory is None:
+                return False
+            try:
+                (directory / CANCEL_FILE).unlink()
+            except FileNotFoundError:
+                return False
+            return True
 
     async def acquire_lease_async(
         self, execution_id: str, owner: str, ttl_seconds: float, *, steal_from: str | None = None

@@ -17,6 +17,7 @@ from ..errors import (
     StepConflictError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
+from ._query import CancelRequest, check_reason
 from .base import DurableExecutionStorage, check_journal_seqs, logger, retention_keep, stored_seq
 
 __all__ = ["InMemoryDurableStorage"]
@@ -31,6 +32,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
 
     backend_name = "memory"
     atomic_batches = True
+    shared_cancel_requests = True
 
     def __init__(self) -> None:
         self._heads: dict[str, bytes] = {}
@@ -38,6 +40,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._tombstones: dict[str, datetime] = {}
         """Deleted ids and when: their writes are refused until cleanup purges the tombstone."""
+        self._cancels: dict[str, CancelRequest] = {}
         self._lock = threading.Lock()
 
     def _not_found(self, execution_id: str) -> ExecutionNotFoundError:
@@ -129,6 +132,7 @@ class InMemoryDurableStorage(DurableExecutionStorage):
         if lease is not None and lease[1] > now and not force:
             raise ExecutionLeasedError(execution_id, lease[0], lease[1])
         self._leases.pop(execution_id, None)
+        self._cancels.pop(execution_id, None)
         self._heads.pop(execution_id, None)
         self._journals.pop(execution_id, None)
         self._tombstones[execution_id] = now
@@ -178,6 +182,23 @@ class InMemoryDurableStorage(DurableExecutionStorage):
                     continue
                 deleted += self._delete(head.execution_id, force=False, now=now)
             return deleted
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """Record the request in a dict (the first request's time and reason stay)."""
+        check_reason(reason)
+        with self._lock:
+            if execution_id not in self._heads:
+                return False
+            self._cancels.setdefault(execution_id, CancelRequest(utcnow(), reason))
+            return True
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        with self._lock:
+            return self._cancels.get(execution_id)
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:
+        with self._lock:
+            return self._cancels.pop(execution_id, None) is not None
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:
         head, entry = encode_head(record), encode_step(step)

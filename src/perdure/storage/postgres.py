@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 import weakref
@@ -60,8 +61,20 @@ from . import _per_loop
 from ._per_loop import PerLoop
 from ._postgres_feed import PostgresChangeFeed, channel_of
 from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, Pool, checkout, watchdog
-from ._postgres_sql import LAYOUT_VERSION, Names, Sql
+from ._postgres_sql import LAYOUT_VERSION, TRGM_LOCK, Names, Sql, search_index_statements
 from ._postgres_sql import MIGRATIONS as _MIGRATIONS  # a module global: tests add steps to it
+from ._query import (
+    ActivityBucket,
+    CancelRequest,
+    ExecutionPage,
+    ExecutionQuery,
+    activity_bounds,
+    check_reason,
+    encode_cursor,
+    execution_name,
+    search_text,
+)
+from ._sql_query import Dialect, QuerySql, like_pattern, postgres_activity
 from .base import CLEANUP_BATCH, DurableExecutionStorage, retention_keep, validate_identifier
 
 # isort: split
@@ -72,6 +85,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
 __all__ = ["LAYOUT_VERSION", "PostgresDurableStorage"]
+
+logger = logging.getLogger("perdure.storage")
+_trgm_warned = False
+"""Whether the missing `pg_trgm` index was logged already (once per process)."""
+
+
+def _trigram_clause(folded: str) -> tuple[str, list[Any]]:
+    """`search LIKE '%text%'`: what a `gin_trgm_ops` index answers (a literal substring)."""
+    return "search LIKE %s", [like_pattern(folded)]
+
 
 _Row = tuple[Any, ...]
 _Params = Sequence[Any] | Mapping[str, Any]
@@ -122,6 +145,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
 
     backend_name = _BACKEND
     atomic_batches = True
+    shared_cancel_requests = True
 
     def __init__(
         self,
@@ -151,6 +175,11 @@ class PostgresDurableStorage(DurableExecutionStorage):
         self.codec = codec or Codec()
         self._names = Names(self.table_prefix)
         self._sql = Sql.build(self._names)
+        self._queries = QuerySql(
+            self._names.heads,
+            "execution_id, codec, payload, lease_owner, lease_expires_at",
+            Dialect(param="%s", contains="strpos(search, %s) > 0", stamp=_utc, activity=postgres_activity),
+        )
         self._channel = ""
         """The LISTEN/NOTIFY channel of the tables (`Names.channel`), known once the layout is checked."""
         self._feeds: weakref.WeakSet[PostgresChangeFeed] = weakref.WeakSet()
@@ -291,9 +320,66 @@ class PostgresDurableStorage(DurableExecutionStorage):
             if found is None or found < LAYOUT_VERSION:
                 found = await self._migrate(conn)
             self._channel = await channel_of(conn, self._names)
+            if found <= LAYOUT_VERSION:
+                await self._backfill(conn)
+                await self._ensure_search_index(conn)
         if found > LAYOUT_VERSION:
             raise self._incompatible(found)
         self._layout_ok = True
+
+    async def _ensure_search_index(self, conn: Conn) -> None:
+        """Use the `pg_trgm` index of `search`, creating it (and the extension) when it is missing.
+
+        One catalog probe when the index exists. Otherwise one transaction, under an advisory lock
+        (concurrent `CREATE EXTENSION` calls would collide): when the server has no `pg_trgm` or the
+        role may not create it, it is rolled back, logged once per process, and searches read rows
+        instead (same answers, slower for a rare text).
+        """
+        global _trgm_warned
+        probe = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self._names.search_trgm,))
+        row = await probe.fetchone()
+        if not (row and row[0]):
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (TRGM_LOCK,))
+                    for statement in search_index_statements(self._names):
+                        await conn.execute(statement)
+            except psycopg.Error as exc:
+                if not _trgm_warned:
+                    _trgm_warned = True
+                    logger.warning(
+                        "PostgreSQL at %s: no pg_trgm index for execution search (%s); searches "
+                        "read rows instead (CREATE EXTENSION pg_trgm as a privileged role to index them)",
+                        self._where,
+                        _one_line(exc),
+                    )
+                self._queries.search_index = None
+                return
+        self._queries.search_index = _trigram_clause
+
+    async def _backfill(self, conn: Conn) -> None:
+        """Fill `name` and `search` of heads written before layout 3 (or by an older perdure since).
+
+        Runs once per storage, when it first checks the layout: a partial index finds such rows, so
+        it costs one index probe when there are none. Batches of `CLEANUP_BATCH`, each its own
+        statement; a head that cannot be decoded gets an empty `search` and is not tried again.
+        """
+        while True:
+            async with conn.cursor(binary=True) as cur:
+                await cur.execute(self._sql.unfilled, (CLEANUP_BATCH,))
+                rows = await cur.fetchall()
+            updates = []
+            for execution_id, codec, payload, *_ in rows:
+                try:
+                    head = self._decode_head((execution_id, codec, payload, None, None))
+                    updates.append((execution_name(head), search_text(head), execution_id))
+                except (CorruptRecordError, IncompatibleSchemaError):
+                    updates.append((None, "", execution_id))
+            if updates:
+                async with conn.cursor() as cur:
+                    await cur.executemany(self._sql.fill, updates)
+            if len(rows) < CLEANUP_BATCH:
+                return
 
     async def _layout_version(self, conn: Conn) -> int | None:
         try:
@@ -438,6 +524,8 @@ class PostgresDurableStorage(DurableExecutionStorage):
             "codec": codec,
             "payload": payload,
             "owner": record.lease_owner,
+            "name": execution_name(record),
+            "search": search_text(record),
         }
 
     def _decode_head(self, row: _Row) -> ExecutionRecord:
@@ -672,6 +760,42 @@ class PostgresDurableStorage(DurableExecutionStorage):
         """Counted by SQL over the `updated_at` index."""
         params = {"cutoff": self._cutoff(older_than_days), "keep": sorted(retention_keep(keep_statuses))}
         return int((await self._query(self._sql.count_old, params, None))[0][0])
+
+    # ---- list queries and cancel requests ---------------------------------------------------------
+
+    async def query_executions_async(self, query: ExecutionQuery) -> ExecutionPage:
+        """One statement over an index, newest first (see `perdure.storage._sql_query`)."""
+        rows = await self._query(*self._queries.page(query), None)
+        page = rows[: query.limit]
+        cursor = None
+        if len(rows) > query.limit:
+            cursor = encode_cursor(_utc(page[-1][-1]), page[-1][0])
+        return ExecutionPage(self._readable_heads([row[:-1] for row in page], self._decode_head), cursor)
+
+    async def count_executions_async(self, query: ExecutionQuery) -> int:
+        """`count(*)` over the filters (an index range for a status or a name)."""
+        return int((await self._query(*self._queries.count(query), None))[0][0])
+
+    async def activity_async(self, since: datetime, bucket_seconds: int = 3600) -> list[ActivityBucket]:
+        """One grouped statement over two index ranges (`created_at`; `status, updated_at` for failed)."""
+        bounds = activity_bounds(since, bucket_seconds)
+        if not bounds:
+            return []
+        return self._queries.buckets(bounds, await self._query(*self._queries.activity(bounds), None))
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """Insert into `<prefix>cancels` if the head exists, and announce it on the change feed."""
+        params = {"id": execution_id, "reason": check_reason(reason)}
+        rows = await self._query(self._sql.cancel_put, params, execution_id)
+        return bool(rows and rows[0][0])
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        """One primary-key read of `<prefix>cancels`."""
+        rows = await self._query(self._sql.cancel_get, (execution_id,), execution_id)
+        return CancelRequest(_utc(rows[0][0]), rows[0][1]) if rows else None
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:  # noqa: D102
+        return bool(await self._query(self._sql.cancel_del, (execution_id,), execution_id))
 
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:

@@ -13,6 +13,8 @@ Key layout (every key starts with the configured prefix `P`, default `durable:st
   order); `list_executions` reads them newest first and `get_stats` counts them with `ZCARD`.
 - `P idx:expiry`: sorted set of executions whose keys carry a TTL, scored by the server time in
   milliseconds at which they expire (see `ttl` below).
+- `P cancel:<id>`: hash `{t: request time in server microseconds, r: reason}`, a pending cancel
+  request; deleted with the execution, expires with it (`ttl`).
 - `P tomb:<id>`: the tombstone of a deleted execution (deletion time in server microseconds), with
   an expiry of max(7 days, `ttl`); while it exists, writes of that id are refused
   (`ExecutionDeletedError`). `P idx:tombstones` scores the tombstones by deletion time, so
@@ -56,8 +58,16 @@ from ..errors import (
     UserError,
 )
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord
-from . import _per_loop
+from . import _per_loop, _redis_query
 from ._per_loop import PerLoop
+from ._query import (
+    ActivityBucket,
+    CancelRequest,
+    ExecutionPage,
+    ExecutionQuery,
+    activity_bounds,
+    check_reason,
+)
 from ._redis_feed import RedisChangeFeed
 from ._redis_scripts import SCRIPTS, STATUSES, Keys
 from .base import DurableExecutionStorage, check_journal_seqs, retention_keep, stored_seq
@@ -239,6 +249,7 @@ class RedisDurableStorage(DurableExecutionStorage):
 
     backend_name = "redis"
     atomic_batches = True
+    shared_cancel_requests = True
 
     def __init__(
         self,
@@ -724,6 +735,43 @@ class RedisDurableStorage(DurableExecutionStorage):
                 "purge", [key, *(self._keys.tomb(i) for i in ids)], [score, *ids], None
             ):
                 return
+
+    # ---- list queries and cancel requests (see `perdure.storage._redis_query`) -----------------------
+
+    async def query_executions_async(self, query: ExecutionQuery) -> ExecutionPage:
+        """Walk the `updated_at` index(es) from the cursor, decoding heads until a page matches."""
+        return await _redis_query.page(self, query)
+
+    async def count_executions_async(self, query: ExecutionQuery) -> int:
+        """`ZCARD`s for a status filter alone; a walk of the index for any other filter."""
+        return await _redis_query.count(self, query)
+
+    async def activity_async(self, since: datetime, bucket_seconds: int = 3600) -> list[ActivityBucket]:
+        """Failed per bucket by `ZCOUNT`; started from the heads updated since `since`."""
+        bounds = activity_bounds(since, bucket_seconds)
+        return await _redis_query.activity(self, bounds) if bounds else []
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """One script: the request's hash if the head exists (the first stays), announced on the feed."""
+        check_reason(reason)
+        keys = [
+            self._keys.head(execution_id),
+            self._keys.cancel(execution_id),
+            self._keys.channel if self._keys.announce else "",
+        ]
+        return bool(await self._script("cancel", keys, [execution_id, reason], execution_id))
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        """One `HMGET` of the request's hash."""
+        key = self._keys.cancel(execution_id)
+        stamp, reason = await self._call(lambda client: client.hmget(key, ["t", "r"]), execution_id)
+        if stamp is None:
+            return None
+        return CancelRequest(_from_micros(stamp), _text(reason) if reason is not None else "")
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:  # noqa: D102
+        key = self._keys.cancel(execution_id)
+        return bool(await self._call(lambda client: client.delete(key), execution_id))
 
     # ---- test hook ----------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ The connection pool shared by threads is `perdure.storage._sqlite_pool`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -56,6 +58,18 @@ from ..errors import (
 )
 from ..records import SCHEMA_VERSION, ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from . import _clock
+from ._query import (
+    ActivityBucket,
+    CancelRequest,
+    ExecutionPage,
+    ExecutionQuery,
+    activity_bounds,
+    check_reason,
+    encode_cursor,
+    execution_name,
+    search_text,
+)
+from ._sql_query import Dialect, QuerySql, sqlite_activity
 from ._sqlite_pool import ConnectionPool
 from .base import DurableExecutionStorage, logger, retention_keep, validate_identifier
 
@@ -100,6 +114,31 @@ def _immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T
     return result
 
 
+_SQL_NAMES = "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?)"
+
+
+@functools.cache
+def _trigram_available() -> bool:
+    """Whether this process's SQLite has FTS5 with the trigram tokenizer (SQLite >= 3.34)."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute("CREATE VIRTUAL TABLE t USING fts5(s, tokenize='trigram case_sensitive 1')")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+@functools.cache
+def _log_no_trigram(db_path: str) -> None:
+    """Say once per database that its search index is left unmaintained."""
+    logger.warning(
+        "SQLite %s has no FTS5 trigram tokenizer: the search index of %s is not maintained "
+        "(searches read rows; a SQLite >= 3.34 with FTS5 rebuilds the index when it opens the file)",
+        sqlite3.sqlite_version,
+        db_path,
+    )
+
+
 def _ts(moment: datetime) -> str:
     """Fixed-width UTC text, so that SQL string order is time order."""
     if moment.tzinfo is not UTC:
@@ -126,6 +165,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
     backend_name = "sqlite"
     atomic_batches = True
+    shared_cancel_requests = True
 
     def __init__(
         self,
@@ -157,12 +197,13 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         self._searched = f"at {self.db_path} (table {table_name})"
         """Where executions are looked up, for `ExecutionNotFoundError`."""
         t, s, m = table_name, f"{table_name}_steps", f"{table_name}_meta"
-        tb = f"{table_name}_tombstones"
+        tb, cn = f"{table_name}_tombstones", f"{table_name}_cancels"
         self._sql_upsert_head = (
-            f"INSERT INTO {t} (execution_id, status, created_at, updated_at, schema_version, codec, payload) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(execution_id) DO UPDATE SET "
+            f"INSERT INTO {t} (execution_id, status, created_at, updated_at, schema_version, codec, payload, "
+            f"name, search) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(execution_id) DO UPDATE SET "
             f"status=excluded.status, created_at=excluded.created_at, updated_at=excluded.updated_at, "
-            f"schema_version=excluded.schema_version, codec=excluded.codec, payload=excluded.payload"
+            f"schema_version=excluded.schema_version, codec=excluded.codec, payload=excluded.payload, "
+            f"name=excluded.name, search=excluded.search"
         )
         # Whether the stored lease expired, as `_clock.is_live` decides it; parameters from `_expired_args`.
         self._sql_expired = (
@@ -178,9 +219,19 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         # Never creates: the write of a running attempt, and the head half of a step append.
         self._sql_fenced_update = (
             f"UPDATE {t} SET status = ?, created_at = ?, updated_at = ?, schema_version = ?, codec = ?, "
+            f"payload = ?, name = ?, search = ? WHERE execution_id = ? AND "
+            f"({t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {self._sql_expired})"
+        )
+        # The same write without `name` and `search`: a step's head write, where they rarely change,
+        # then does not fire the search index's trigger (~30 us a write); see `_search_written`.
+        self._sql_fenced_update_plain = (
+            f"UPDATE {t} SET status = ?, created_at = ?, updated_at = ?, schema_version = ?, codec = ?, "
             f"payload = ? WHERE execution_id = ? AND "
             f"({t}.lease_owner IS NULL OR {t}.lease_owner IS ? OR {self._sql_expired})"
         )
+        self._search_written: dict[str, tuple[Any, Any]] = {}
+        """(name, search) this storage last committed per execution; a head write that would store the
+        same text skips the two columns. Dropped on a failed write, a lease taken and a delete."""
         self._sql_lease_state = (
             f"SELECT lease_owner, lease_expires, lease_boot, lease_mono FROM {t} WHERE execution_id = ?"
         )
@@ -240,14 +291,61 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             f"CREATE TABLE IF NOT EXISTS {t} (execution_id TEXT PRIMARY KEY, status TEXT, "
             f"created_at TEXT, updated_at TEXT, schema_version INTEGER, codec TEXT, payload BLOB, "
             f"lease_owner TEXT, lease_expires REAL, lease_boot TEXT, lease_mono REAL)",
-            f"CREATE INDEX IF NOT EXISTS {t}_status_updated ON {t} (status, updated_at)",
-            f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)",
             f"CREATE TABLE IF NOT EXISTS {s} (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
             f"kind TEXT, name TEXT, key TEXT, codec TEXT, payload BLOB, "
             f"PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
             f"CREATE TABLE IF NOT EXISTS {tb} (execution_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {tb}_deleted ON {tb} (deleted_at)",
+            f"CREATE TABLE IF NOT EXISTS {cn} (execution_id TEXT PRIMARY KEY, requested_at TEXT NOT NULL, "
+            f"reason TEXT NOT NULL) WITHOUT ROWID",
         ]
+        # After the columns they index exist (tables of older versions get them by ALTER TABLE). The
+        # list queries' indexes end in execution_id, their tie-break; they replace the older
+        # `_status_updated (status, updated_at)` and `_updated (updated_at)`, dropped on upgrade.
+        self._sql_indexes = [
+            f"DROP INDEX IF EXISTS {t}_status_updated",
+            f"DROP INDEX IF EXISTS {t}_updated",
+            f"CREATE INDEX IF NOT EXISTS {t}_status_updated_id ON {t} (status, updated_at, execution_id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_updated_id ON {t} (updated_at, execution_id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_name_updated ON {t} (name, updated_at, execution_id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_created ON {t} (created_at)",
+            f"CREATE INDEX IF NOT EXISTS {t}_unfilled ON {t} (execution_id) WHERE search IS NULL",
+        ]
+        self._sql_unfilled = f"SELECT execution_id, codec, payload FROM {t} WHERE search IS NULL LIMIT ?"
+        self._sql_fill = f"UPDATE {t} SET name = ?, search = ? WHERE execution_id = ? AND search IS NULL"
+        self._sql_cancel_put = (
+            f"INSERT OR IGNORE INTO {cn} (execution_id, requested_at, reason) "
+            f"SELECT execution_id, ?, ? FROM {t} WHERE execution_id = ?"
+        )
+        self._sql_exists = f"SELECT 1 FROM {t} WHERE execution_id = ?"
+        self._sql_cancel_get = f"SELECT requested_at, reason FROM {cn} WHERE execution_id = ?"
+        self._sql_cancel_del = f"DELETE FROM {cn} WHERE execution_id = ?"
+        self._queries = QuerySql(
+            t,
+            "execution_id, codec, payload, lease_owner, lease_expires",
+            Dialect(param="?", contains="instr(search, ?) > 0", stamp=_ts, activity=sqlite_activity),
+        )
+        # The search index: an FTS5 table (trigram tokenizer) over the heads' `search` column, kept
+        # in sync by triggers that only touch it when `search` changes (not at every step's head
+        # write, where the text stays the same). See `_search_index_sql`.
+        fts = f"{t}_search"
+        self._fts_table = fts
+        self._fts_triggers = (f"{fts}_ins", f"{fts}_del", f"{fts}_upd")
+        put = f"INSERT INTO {fts} (rowid, search) SELECT new.rowid, new.search WHERE new.search <> ''"
+        drop = (
+            f"INSERT INTO {fts} ({fts}, rowid, search) SELECT 'delete', old.rowid, old.search "
+            f"WHERE old.search <> ''"
+        )
+        ins, dele, upd = self._fts_triggers
+        self._sql_fts = [
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5(search, content='{t}', "
+            f"content_rowid='rowid', tokenize='trigram case_sensitive 1')",
+            f"CREATE TRIGGER IF NOT EXISTS {ins} AFTER INSERT ON {t} BEGIN {put}; END",
+            f"CREATE TRIGGER IF NOT EXISTS {dele} AFTER DELETE ON {t} BEGIN {drop}; END",
+            f"CREATE TRIGGER IF NOT EXISTS {upd} AFTER UPDATE OF search ON {t} "
+            f"WHEN old.search IS NOT new.search BEGIN {drop}; {put}; END",
+        ]
+        self._sql_fts_rebuild = f"INSERT INTO {fts} ({fts}) VALUES ('rebuild')"
         self._sql_meta_get = f"SELECT value FROM {m} WHERE key = 'schema_version'"
         self._sql_meta_put = f"INSERT OR IGNORE INTO {m} (key, value) VALUES ('schema_version', ?)"
         self._read_only = False
@@ -256,6 +354,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         )
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._query_columns: bool | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteDurableStorage({self.db_path!r}, table_name={self.table_name!r})"
@@ -376,6 +475,8 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                 if self._read_only:  # inspection only: nothing to create, check the version
                     row = conn.execute(self._sql_meta_get).fetchone()
                     found = int(row[0]) if row else SCHEMA_VERSION
+                    names = conn.execute(_SQL_NAMES, (self._fts_table, *self._fts_triggers)).fetchall()
+                    self._use_search_index(_trigram_available() and len(names) == 4)
                 else:
                     found = self._create_schema(conn)
         except sqlite3.Error as exc:
@@ -383,6 +484,73 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         if found > SCHEMA_VERSION:
             where = f"SQLite database {self.db_path} (schema version in table {self.table_name}_meta)"
             raise IncompatibleSchemaError(None, found, SCHEMA_VERSION, where=where)
+        if not self._read_only:
+            self._backfill()
+
+    def _search_index(self, conn: sqlite3.Connection) -> bool:
+        """Create or repair the FTS5 search index when this SQLite has the trigram tokenizer.
+
+        Inside `_create_schema`'s transaction. Triggers missing next to the table (a new table, or
+        one that a SQLite without FTS5 trigram left unmaintained) mean it is rebuilt from the heads.
+        Without the tokenizer, the triggers are dropped (writes would fail on them) and searches
+        read rows; a later open with the tokenizer rebuilds the index.
+        """
+        names = {row[0] for row in conn.execute(_SQL_NAMES, (self._fts_table, *self._fts_triggers))}
+        if not _trigram_available():
+            for trigger in self._fts_triggers:
+                conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+            if names:
+                _log_no_trigram(self.db_path)
+            return False
+        for sql in self._sql_fts:
+            conn.execute(sql)
+        if not set(self._fts_triggers) <= names:
+            conn.execute(self._sql_fts_rebuild)
+        return True
+
+    def _use_search_index(self, enabled: bool) -> None:
+        self._queries.search_index = self._fts_clause if enabled else None
+
+    def _fts_clause(self, folded: str) -> tuple[str, list[Any]]:
+        """Rows whose `search` holds `folded`'s trigrams in sequence (an FTS5 phrase: a substring)."""
+        phrase = '"' + folded.replace('"', '""') + '"'
+        return f"rowid IN (SELECT rowid FROM {self._fts_table} WHERE {self._fts_table} MATCH ?)", [phrase]
+
+    def _has_query_columns(self) -> bool:
+        """Whether the heads table has the list queries' columns (a read-only older file may not)."""
+        if self._query_columns is None:
+            rows = self._read(f"PRAGMA table_info({self.table_name})", ())
+            self._query_columns = {"name", "search"} <= {row[1] for row in rows}
+        return self._query_columns
+
+    def _backfill(self) -> None:
+        """Fill `name` and `search` of heads written before those columns existed, in short batches.
+
+        Runs when the storage opens the file: after the upgrade that added the columns, and for heads
+        an older perdure wrote since (it leaves them NULL). A head that cannot be decoded gets an
+        empty `search`, so it is not tried again (the queries skip it like every listing does).
+        """
+        while True:
+
+            def fill(conn: sqlite3.Connection) -> int:
+                rows = conn.execute(self._sql_unfilled, (_CLEANUP_BATCH,)).fetchall()
+                updates = []
+                for execution_id, codec, payload in rows:
+                    try:
+                        head = self._decode_head(execution_id, codec, payload)
+                        updates.append((execution_name(head), search_text(head), execution_id))
+                    except (CorruptRecordError, IncompatibleSchemaError):
+                        updates.append((None, "", execution_id))
+                conn.executemany(self._sql_fill, updates)
+                return len(rows)
+
+            try:
+                with self._pool.connection() as conn:
+                    done = _immediate(conn, fill)
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc, None) from exc
+            if done < _CLEANUP_BATCH:
+                return
 
     def _create_schema(self, conn: sqlite3.Connection) -> int:
         """Create or upgrade the tables in one transaction; return the stored schema version."""
@@ -396,9 +564,14 @@ class SQLiteDurableStorage(DurableExecutionStorage):
                 ("lease_expires", "REAL"),
                 ("lease_boot", "TEXT"),
                 ("lease_mono", "REAL"),
+                ("name", "TEXT"),
+                ("search", "TEXT"),
             ):
-                if column not in columns:  # tables created before leases (or lease clocks) existed
+                if column not in columns:  # tables created before leases, lease clocks, list queries
                     conn.execute(f"ALTER TABLE {self.table_name} ADD COLUMN {column} {kind}")
+            for sql in self._sql_indexes:
+                conn.execute(sql)
+            self._use_search_index(self._search_index(conn))
             conn.execute(self._sql_meta_put, (str(SCHEMA_VERSION),))
             return int(conn.execute(self._sql_meta_get).fetchone()[0])
 
@@ -420,6 +593,8 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             record.schema_version,
             codec,
             payload,
+            execution_name(record),
+            search_text(record),
         )
 
     def _decode_head(
@@ -459,6 +634,9 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             if conn.execute(self._sql_tomb_get, (record.execution_id,)).fetchone() is not None:
                 raise ExecutionDeletedError(record.execution_id)
             sql, params = self._sql_fenced_head, (*row, record.lease_owner, *self._expired_args())
+        elif self._search_written.get(record.execution_id) == row[-2:]:  # name and search unchanged
+            sql, params = self._sql_fenced_update_plain, (*row[1:-2], row[0], record.lease_owner)
+            params += self._expired_args()
         else:  # the UPDATE takes the id last
             sql, params = self._sql_fenced_update, (*row[1:], row[0], record.lease_owner)
             params += self._expired_args()
@@ -499,7 +677,25 @@ class SQLiteDurableStorage(DurableExecutionStorage):
             self._ready(create=create)
         except StorageNotFoundError as exc:
             raise self._not_found(record.execution_id) from exc
-        self._transaction(record.execution_id, lambda conn: self._fenced(conn, record, row, create=create))
+        self._committed_head(
+            record.execution_id,
+            row,
+            lambda: self._transaction(
+                record.execution_id, lambda conn: self._fenced(conn, record, row, create=create)
+            ),
+        )
+
+    def _committed_head(self, execution_id: str, row: tuple[Any, ...], write: Callable[[], _T]) -> _T:
+        """Run the head `write`; remember its (name, search) once committed, forget them if it failed."""
+        try:
+            result = write()
+        except BaseException:
+            self._search_written.pop(execution_id, None)
+            raise
+        if len(self._search_written) >= 4096:  # bounded: the executions this process is running
+            self._search_written.clear()
+        self._search_written[execution_id] = row[-2:]
+        return result
 
     async def load_state_async(self, execution_id: str) -> ExecutionRecord | None:
         """Read the head; None when the execution does not exist."""
@@ -511,6 +707,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
     ) -> ExecutionRecord:
         ttl = self._check_ttl(ttl_seconds)
         self._ready(create=False)  # a storage that does not exist: StorageNotFoundError, nothing created
+        self._search_written.pop(execution_id, None)  # another process may have written it meanwhile
 
         def acquire(conn: sqlite3.Connection) -> ExecutionRecord:
             row = conn.execute(self._sql_lease_get, (execution_id,)).fetchone()
@@ -556,6 +753,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
 
         The lease check happens in the same transaction, so no lease can be taken in between.
         """
+        self._search_written.pop(execution_id, None)
         self._ready(create=False)
 
         def delete(conn: sqlite3.Connection) -> bool:
@@ -575,6 +773,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         deleted_at = _ts(utcnow())
         conn.executemany(self._sql_delete_steps, [(i,) for i in ids])
         conn.executemany(self._sql_delete_head, [(i,) for i in ids])
+        conn.executemany(self._sql_cancel_del, [(i,) for i in ids])
         conn.executemany(self._sql_tomb_put, [(i, deleted_at) for i in ids])
 
     def _step_row(self, step: StepRecord) -> tuple[Any, ...]:
@@ -612,7 +811,7 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         except StorageNotFoundError as exc:
             raise self._not_found(execution_id) from exc
         try:
-            self._transaction(execution_id, append)
+            self._committed_head(execution_id, head_row, lambda: self._transaction(execution_id, append))
         except sqlite3.IntegrityError as exc:  # a seq is already journaled: nothing was written
             seq = rows[0][1]
             if len(rows) > 1:  # name the first journaled one (only on this error path: one read)
@@ -731,9 +930,68 @@ class SQLiteDurableStorage(DurableExecutionStorage):
         sql = self._sql_count_old.format(keep=self._not_kept(keep))
         return int(self._read(sql, (_ts(self._cutoff(older_than_days)), *keep))[0][0])
 
+    # ---- list queries and cancel requests ---------------------------------------------------------
+
+    async def query_executions_async(self, query: ExecutionQuery) -> ExecutionPage:
+        """One statement over an index, newest first (see `perdure.storage._sql_query`)."""
+        self._ready(create=False)
+        if not self._has_query_columns():  # an older file opened read-only: no columns to filter on
+            return await super().query_executions_async(query)
+        rows = self._read(*self._queries.page(query))
+        page = rows[: query.limit]
+        cursor = None
+        if len(rows) > query.limit:
+            last = page[-1]
+            cursor = encode_cursor(datetime.fromisoformat(last[-1]), last[0])
+        return ExecutionPage(self._decode_rows(row[:-1] for row in page), cursor)
+
+    async def count_executions_async(self, query: ExecutionQuery) -> int:
+        """`count(*)` over the filters (an index range for a status or a name)."""
+        self._ready(create=False)
+        if not self._has_query_columns():
+            return await super().count_executions_async(query)
+        return int(self._read(*self._queries.count(query))[0][0])
+
+    async def activity_async(self, since: datetime, bucket_seconds: int = 3600) -> list[ActivityBucket]:
+        """Two index range counts per bucket (`created_at`; `status, updated_at` for failed ones)."""
+        bounds = activity_bounds(since, bucket_seconds)
+        if not bounds:
+            return []
+        return self._queries.buckets(bounds, self._read(*self._queries.activity(bounds)))
+
+    async def request_cancel_async(self, execution_id: str, reason: str = "") -> bool:
+        """Insert into `<table>_cancels` if the head exists, in one transaction (the first request stays)."""
+        check_reason(reason)
+        if not self._schema_ready and not os.path.exists(self.db_path):
+            return False
+        self._ready(create=False)
+
+        def put(conn: sqlite3.Connection) -> bool:
+            conn.execute(self._sql_cancel_put, (_ts(utcnow()), reason, execution_id))
+            return conn.execute(self._sql_exists, (execution_id,)).fetchone() is not None
+
+        return self._transaction(execution_id, put)
+
+    async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
+        """One primary-key read of `<table>_cancels`."""
+        if not self._schema_ready and not os.path.exists(self.db_path):
+            return None
+        rows = self._read(self._sql_cancel_get, (execution_id,), execution_id)
+        if not rows:
+            return None
+        requested_at, reason = rows[0]
+        return CancelRequest(datetime.fromisoformat(requested_at), reason)
+
+    async def clear_cancel_request_async(self, execution_id: str) -> bool:
+        if not self._schema_ready and not os.path.exists(self.db_path):
+            return False
+        self._ready(create=False)
+        (count,) = self._write([(self._sql_cancel_del, (execution_id,))], execution_id)
+        return count > 0
+
     # Test hook: let tests damage a record the way a bad disk or a bad deploy would.
     def _put_raw_head(self, execution_id: str, payload: bytes) -> None:
         now = _ts(datetime.now(UTC))
-        row = (execution_id, None, now, now, SCHEMA_VERSION, "json", payload)
+        row = (execution_id, None, now, now, SCHEMA_VERSION, "json", payload, None, None)
         self._ready(create=True)
         self._write([(self._sql_upsert_head, row)], execution_id)

@@ -16,7 +16,7 @@ from typing import Literal
 from .._sync import run_sync
 from ..errors import UserError
 from ..storage.base import DurableExecutionStorage
-from . import _batches, _deletes, _feeds, _journal, _leases, _storage  # noqa: F401 - they register the checks
+from . import _batches, _deletes, _feeds, _journal, _leases, _queries, _storage  # noqa: F401 - they register the checks
 from ._checks import (
     CHECKS,
     Check,
@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 _GROUPS = (
-    *("head", "step", "journal", "batch", "delete", "list", "stats", "cleanup", "lease", "sync_twins"),
+    *("head", "step", "journal", "batch", "delete", "list", "query", "count", "activity", "stats"),
+    *("cleanup", "cancel", "lease", "sync_twins"),
     *("feed", "corrupt_record", "newer_schema", "persistence"),
 )
 _ORDER = sorted(

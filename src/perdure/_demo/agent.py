@@ -1,12 +1,13 @@
 """The demo's agent: a four-tool data pipeline, made durable with perdure on embedded SQLite.
 
-Run by `demo.py` in child processes: `python demo_agent.py start|resume DB_PATH EXECUTION_ID`.
-`DEMO_CRASH` makes the child die on purpose: `kill-during-model-request:N` sends SIGKILL to itself
-while model request N is in flight (as `kill -9`, the OOM killer or a power cut would), and
-`fail-tool:NAME` makes that tool raise, like a downstream outage.
+Run in child processes by `perdure._demo.run`, through `python -m perdure._demo.child start|resume
+DB_PATH EXECUTION_ID`. `DEMO_CRASH` makes the child fail on purpose: `kill-during-model-request:N`
+sends SIGKILL to itself while model request N is in flight (as `kill -9`, the OOM killer or a power
+cut would), and `fail-tool:NAME` makes that tool raise, like a downstream outage.
 
 The model is perdure's offline stand-in (`perdure:scripted`) unless `PERDURE_MODEL` names a real
-one, e.g. `PERDURE_MODEL=openai/gpt-4o-mini` with `OPENAI_API_KEY` set.
+one, e.g. `PERDURE_MODEL=openai/gpt-4o-mini` with `OPENAI_API_KEY` set. (A real model gets no
+`on_request` hook, so the SIGKILL of the first process needs the stand-in.)
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from typing import Any
 
 from perdure import Agent, Task, tool
 from perdure.durable import DurableExecution, SQLiteDurableStorage
 from perdure.models import ScriptedModel
 
-CRASH = os.environ.get("DEMO_CRASH", "")
+__all__ = ["PROMPT", "TABLE", "main"]
+
+TABLE = "durable_executions"
+"""The SQLite table of the demo's executions."""
 PROMPT = (
     "Fetch the data from 'orders.csv', validate it, transform it to the reporting format "
     "and store the results."
 )
+
+
+def _crash() -> str:
+    return os.environ.get("DEMO_CRASH", "")
 
 
 def _log(event: str) -> None:
@@ -56,7 +63,7 @@ def transform_data(data: dict[str, Any]) -> dict[str, Any]:
 @tool
 def store_results(data: dict[str, Any]) -> str:
     """Store rows in the warehouse; returns the load id."""
-    if CRASH == "fail-tool:store_results":
+    if _crash() == "fail-tool:store_results":
         _log("tool store_results raises: warehouse unavailable")
         raise ConnectionError("warehouse unavailable (HTTP 503)")
     _log("tool store_results runs (writes to the warehouse)")
@@ -70,7 +77,7 @@ def _model() -> Any:
 
     def on_request(n: int) -> None:
         _log(f"model request {n} sent")
-        if f"kill-during-model-request:{n}" == CRASH:
+        if f"kill-during-model-request:{n}" == _crash():
             _log("SIGKILL while the model request is in flight")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -78,7 +85,8 @@ def _model() -> Any:
 
 
 def main(mode: str, db_path: str, execution_id: str) -> None:
-    storage = SQLiteDurableStorage(db_path=db_path, table_name="durable_executions")
+    """Start (`mode="start"`) or resume the demo's execution, then print `RESULT <output JSON>`."""
+    storage = SQLiteDurableStorage(db_path=db_path, table_name=TABLE)
     agent = Agent(_model(), name="WorkflowAgent")
     if mode == "start":
         durable = DurableExecution(storage=storage, auto_cleanup=False, execution_id=execution_id)
@@ -92,7 +100,3 @@ def main(mode: str, db_path: str, execution_id: str) -> None:
         # A new process: tools are found again by their import paths recorded with the task.
         output = agent.continue_durable(execution_id, storage)
     print("RESULT " + json.dumps(output), flush=True)
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:4])
