@@ -58,8 +58,8 @@ PUBLIC = {
         "ExecutionDeletedError", "ExecutionLeased", "ExecutionLeasedError",
         "ExecutionNotFoundError", "IdentityError", "IncompatibleSchemaError", "InvalidExecutionIdError",
         "InvalidResumeTokenError", "JournalMismatchError", "LeaseLostError", "NonIdempotentReplayError",
-        "PerdureError", "RecoveryGaveUpError", "SerializationError", "StepConflictError",
-        "StorageConfigurationError", "StorageLockedError", "StorageNotFoundError",
+        "PerdureError", "RecoveryGaveUpError", "ReplicationError", "SerializationError",
+        "StepConflictError", "StorageConfigurationError", "StorageLockedError", "StorageNotFoundError",
         "StorageUnavailableError", "ToolNotFoundError", "UnregisteredReferenceError", "UserError",
     ],
     "perdure.operations": [

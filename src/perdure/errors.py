@@ -32,6 +32,7 @@ __all__ = [
     "NonIdempotentReplayError",
     "PerdureError",
     "RecoveryGaveUpError",
+    "ReplicationError",
     "SerializationError",
     "StepConflictError",
     "StorageConfigurationError",
@@ -476,3 +477,40 @@ class ExecutionConflictError(PerdureError):
     def __init__(self, execution_id: str, message: str, *, status: str | None = None) -> None:
         super().__init__(message, execution_id=execution_id)
         self.status = status
+
+
+class ReplicationError(StorageUnavailableError):
+    """A write reached the primary but not the required number of replicas in time.
+
+    A `StorageUnavailableError`, so the run ends as for a storage outage and is resumed later. The
+    write may exist on the primary only: after a failover to a replica it may be missing, in which
+    case the resumed run executes that one unit again; everything confirmed before it is kept.
+    `required` and `acknowledged` are the replica counts asked for and confirmed (None if unknown).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        detail: str,
+        *,
+        execution_id: str | None = None,
+        required: int,
+        acknowledged: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(backend, detail, execution_id=execution_id)
+        who = f" for execution {execution_id!r}" if execution_id else ""
+        got = f"; {acknowledged} acknowledged" if acknowledged is not None else ""
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        self.message = (
+            f"A {backend} write{who} was not confirmed by {required} replica(s){within}{got} "
+            f"({detail.rstrip('. ')}). It is on the primary but may be lost if the primary fails now, so "
+            f"the run stops here. Check that the replicas are connected and keeping "
+            f"up (on Redis: INFO replication), or lower the required replicas / raise the timeout; then "
+            f"resume the execution: journaled steps are replayed, and only an unconfirmed step lost in a "
+            f"failover runs again."
+        )
+        self.args = (self.message,)
+        self.required = required
+        self.acknowledged = acknowledged
+        self.timeout = timeout

@@ -13,16 +13,18 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["PostgresServer", "postgres_dsn", "postgres_server"]
+__all__ = ["PostgresServer", "ReplicatedPostgres", "postgres_dsn", "postgres_server", "start_replicated"]
 
 _SYSTEM_USER = "postgres"
 _START_TIMEOUT = 30
@@ -234,3 +236,122 @@ def postgres_dsn() -> Iterator[str]:
         yield server.dsn
     finally:
         _release_shared()
+
+
+# ---- a primary and a streaming standby ------------------------------------------------------------
+
+
+class ReplicatedPostgres:
+    """A primary and a streaming standby (`pg_basebackup -R`) on 127.0.0.1, each in its own temp dir.
+
+    The primary sends WAL to the standby, whose `cluster_name` (`standby_name`) is what the primary's
+    `synchronous_standby_names` names, so that commits under `synchronous_commit=remote_apply` wait
+    until the standby has applied them. The standby's copy of the configuration does not name a
+    synchronous standby: once promoted it commits on its own, as a lone survivor must.
+    """
+
+    standby_name = "perdure_standby"
+
+    def __init__(self, primary: PostgresServer, standby: PostgresServer) -> None:
+        self.primary = primary
+        self.standby = standby
+
+    def _psql(self, server: PostgresServer, sql: str) -> None:
+        server._run(
+            str(server.bindir / "psql"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", sql,
+        )  # fmt: skip
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary's postmaster (a crashed host); its backends exit when they notice."""
+        pid = int((self.primary.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        (self.primary.datadir / "postmaster.pid").unlink(missing_ok=True)
+
+    def promote(self) -> None:
+        """Promote the standby (`pg_ctl promote -w`): it accepts writes once this returns."""
+        self.standby._run(
+            str(self.standby.bindir / "pg_ctl"), "-D", str(self.standby.datadir), "-w", "promote"
+        )
+
+    def start_standby(self) -> None:
+        """Start the standby (it reconnects to the primary and replays what it missed)."""
+        self.standby.start()
+
+    def close(self) -> None:
+        """Stop both servers and remove their files."""
+        for server in (self.standby, self.primary):
+            _remove(server)
+
+
+def start_replicated() -> ReplicatedPostgres:
+    """Start a primary with a synchronous streaming standby; raise with the reason when that fails.
+
+    As root both clusters belong to the `postgres` system user, as the session's server does.
+    """
+    is_root = os.geteuid() == 0
+    bindir = _bindir()
+    if bindir is None and is_root and shutil.which("apt-get"):
+        _install_postgres()
+        bindir = _bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; install `postgresql`")
+    roots = [
+        Path(tempfile.mkdtemp(prefix="perdure-pg-primary-")),
+        Path(tempfile.mkdtemp(prefix="perdure-pg-standby-")),
+    ]
+    run_as = None
+    if is_root:
+        user = _system_user()
+        for root in roots:
+            os.chown(root, user.pw_uid, user.pw_gid)
+        run_as = _SYSTEM_USER
+    primary = PostgresServer(bindir, roots[0], _free_port(), run_as)
+    standby = PostgresServer(bindir, roots[1], _free_port(), run_as)
+    pair = ReplicatedPostgres(primary, standby)
+    try:
+        primary.init()
+        # initdb's pg_hba.conf already trusts replication connections from 127.0.0.1.
+        with (primary.datadir / "postgresql.conf").open("a") as conf:
+            conf.write("\nwal_level = replica\nmax_wal_senders = 4\nwal_keep_size = 64MB\n")
+        primary.start()
+        standby._run(
+            str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-D", str(standby.datadir), "-R", "-X", "stream", "--no-sync", "-c", "fast",
+        )  # fmt: skip
+        with (standby.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\ncluster_name = '{pair.standby_name}'\nhot_standby = on\n")
+        standby.start()
+        # Only now, so the standby's copy of the configuration does not wait for a standby of its own.
+        pair._psql(primary, f"ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({pair.standby_name})'")
+        pair._psql(primary, "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:  # wait until the primary counts the standby as synchronous
+            with psycopg_connect(primary.dsn) as conn:
+                row = conn.execute(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+                    (pair.standby_name,),
+                ).fetchone()
+            if row is not None and row[0] == "sync":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby did not become synchronous: {standby.log_tail()}")
+            time.sleep(0.05)
+    except BaseException:
+        pair.close()
+        raise
+    return pair
+
+
+def psycopg_connect(dsn: str) -> Any:
+    """A plain autocommit psycopg connection (imported here: psycopg is an optional dependency)."""
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)

@@ -5,7 +5,10 @@ URL; the fixture `redis_server` (session; import `redis_server_fixture` into a t
 it) is the same server as a `RedisServer`, whose `stop()` / `start()` restart it on the same port
 for fault tests. `launch_redis(directory, persistent=True)` starts a
 separate server that writes an append-only file with `fsync` on every write, so what it
-acknowledged survives a stop and restart.
+acknowledged survives a stop and restart. `launch_redis_replica(directory, primary)` starts a
+replica of a running server (`--replicaof`) and waits until its link is up; `pause()` / `resume()`
+(SIGSTOP / SIGCONT) stall a server without closing its connections, `promote()` turns a replica
+into a primary (`REPLICAOF NO ONE`).
 
 A server that cannot be started skips its tests locally and fails them when `CI=true`.
 """
@@ -22,10 +25,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["RedisServer", "launch_redis", "redis_server_fixture", "redis_url", "unavailable"]
+__all__ = [
+    "RedisServer",
+    "launch_redis",
+    "launch_redis_replica",
+    "redis_server_fixture",
+    "redis_url",
+    "unavailable",
+]
 
 _READY_TIMEOUT = 10.0
 _SESSION: RedisServer | None = None
@@ -79,11 +90,21 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One redis-server process on 127.0.0.1 that can be stopped and started again on its port."""
 
-    def __init__(self, binary: str, directory: Path, port: int, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        port: int,
+        *,
+        persistent: bool = False,
+        replica_of: int | None = None,
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
         self.persistent = persistent
+        self.replica_of = replica_of
+        """Port of the primary on 127.0.0.1 this server replicates (`--replicaof`), if any."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,6 +114,8 @@ class RedisServer:
 
     def _command(self) -> list[str]:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else []
+        if self.replica_of is not None:
+            persistence += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         return [
             self.binary,
             "--bind", "127.0.0.1",
@@ -137,14 +160,60 @@ class RedisServer:
         if process.stderr is not None:
             process.stderr.close()
 
+    def _signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} is not running")
+        self.process.send_signal(signum)
 
-def launch_redis(directory: Path, *, persistent: bool = False, attempts: int = 3) -> RedisServer:
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering but keeps its connections (a stalled replica)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        self._signal(signal.SIGCONT)
+
+    def info(self, section: str) -> dict[str, Any]:
+        """`INFO <section>` of this server."""
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as client:
+            return dict(client.info(section))
+
+    def wait_synced(self, primary: RedisServer, timeout: float = _READY_TIMEOUT) -> None:
+        """Wait until this replica's link is up and `primary` lists it online (it then counts in WAIT)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.info("replication").get("master_link_status") == "up":
+                listed = primary.info("replication").values()
+                if any(
+                    isinstance(r, dict) and r.get("port") == self.port and r.get("state") == "online"
+                    for r in listed
+                ):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(
+            f"replica on port {self.port} did not sync with port {self.replica_of} in {timeout}s"
+        )
+
+    def promote(self) -> None:
+        """`REPLICAOF NO ONE`: this replica becomes a primary that accepts writes."""
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as client:
+            client.replicaof("NO", "ONE")
+        self.replica_of = None
+
+
+def launch_redis(
+    directory: Path, *, persistent: bool = False, attempts: int = 3, replica_of: int | None = None
+) -> RedisServer:
     """Start a server in `directory` on a free port (retrying when another process took the port)."""
     binary = _find_binary()
     directory.mkdir(parents=True, exist_ok=True)
     error: Exception | None = None
     for _ in range(attempts):
-        server = RedisServer(binary, directory, _free_port(), persistent=persistent)
+        server = RedisServer(binary, directory, _free_port(), persistent=persistent, replica_of=replica_of)
         try:
             server.start()
         except RuntimeError as exc:
@@ -152,6 +221,27 @@ def launch_redis(directory: Path, *, persistent: bool = False, attempts: int = 3
             continue
         return server
     raise RuntimeError(f"could not start redis-server: {error}")
+
+
+def launch_redis_replica(directory: Path, primary: RedisServer) -> RedisServer:
+    """Start a replica of `primary` in `directory` on a free port and wait until it has synced."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=primary.port, socket_timeout=2) as client:
+        client.config_set("repl-diskless-sync-delay", 0)  # sync at once instead of after 5 s
+    replica = launch_redis(directory, replica_of=primary.port)
+    try:
+        replica.wait_synced(primary)
+        with redis.Redis(host="127.0.0.1", port=primary.port, socket_timeout=_READY_TIMEOUT) as client:
+            client.set("perdure-test:replica-probe", 1)  # one write the replica must confirm
+            confirmed = client.wait(1, int(_READY_TIMEOUT * 1000))
+            client.delete("perdure-test:replica-probe")
+        if confirmed < 1:
+            raise RuntimeError(f"replica on port {replica.port} did not confirm a write in {_READY_TIMEOUT}s")
+    except RuntimeError:
+        replica.stop(kill=True)
+        raise
+    return replica
 
 
 @pytest.fixture(scope="session")

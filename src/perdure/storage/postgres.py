@@ -60,7 +60,7 @@ from ..records import ExecutionRecord, ExecutionStatus, StepRecord
 from . import _per_loop
 from ._per_loop import PerLoop
 from ._postgres_feed import PostgresChangeFeed, channel_of
-from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, Pool, checkout, watchdog
+from ._postgres_pool import CLOSE_TIMEOUT, Conn, LoopPool, NoAnswer, Pool, checkout, watchdog
 from ._postgres_sql import LAYOUT_VERSION, TRGM_LOCK, Names, Sql, search_index_statements
 from ._postgres_sql import MIGRATIONS as _MIGRATIONS  # a module global: tests add steps to it
 from ._query import (
@@ -113,6 +113,9 @@ _MISCONFIGURED = re.compile(
 )
 _CONFIG_STATES = ("28", "3D", "3F", "42501")  # auth, missing database/schema, privilege
 _CORRUPT_STATES = ("XX001", "XX002")  # data_corrupted, index_corrupted
+_SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
+"""PostgreSQL's values of `synchronous_commit` (its aliases true/false/yes/no/1/0 are not taken)."""
+_WAITS_FOR_STANDBY = ("remote_write", "on", "remote_apply")
 
 
 def _utc(moment: datetime) -> datetime:
@@ -140,6 +143,14 @@ class PostgresDurableStorage(DurableExecutionStorage):
             `statement_timeout`, which also bounds waiting for a lock); a server that does not answer
             at all is given up 2 seconds later. Either fails with `StorageUnavailableError`; wrong
             credentials, a missing database or privileges raise `StorageConfigurationError`.
+        synchronous_commit: PostgreSQL's `synchronous_commit` for perdure's sessions (`SET` on every
+            pooled connection): `"off"`, `"local"`, `"remote_write"`, `"on"` or `"remote_apply"`;
+            `None` (default) keeps the server's setting. With a synchronous standby
+            (`synchronous_standby_names` on the primary), `"remote_apply"` makes every step write
+            return only once the standby has applied it, so a standby promoted after the primary is
+            lost has every step a run saw journaled. A commit that waits for a standby is not bounded
+            by the server's `statement_timeout`; the client gives up after `statement_timeout` plus
+            2 seconds with `StorageUnavailableError` (the write may have committed on the primary).
 
     """
 
@@ -157,6 +168,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         max_size: int = 10,
         connect_timeout: float = 5.0,
         statement_timeout: float = 10.0,
+        synchronous_commit: str | None = None,
     ) -> None:
         self.dsn = dsn
         self._info = _parse_dsn(dsn)
@@ -172,6 +184,7 @@ class PostgresDurableStorage(DurableExecutionStorage):
         self.statement_timeout = float(statement_timeout)
         self._answer_timeout = self.statement_timeout + min(_ANSWER_GRACE, self.statement_timeout)
         self._statement_ms = max(1, round(self.statement_timeout * 1000))
+        self.synchronous_commit = _check_synchronous_commit(synchronous_commit)
         self.codec = codec or Codec()
         self._names = Names(self.table_prefix)
         self._sql = Sql.build(self._names)
@@ -202,7 +215,8 @@ class PostgresDurableStorage(DurableExecutionStorage):
     def from_url(cls, url: str, **options: Any) -> PostgresDurableStorage:
         """Build from `postgresql://user[:password]@host[:port]/db[?table_prefix=P&<libpq params>]`.
 
-        `table_prefix` and `statement_timeout` (seconds) are taken out of the URL; every other query
+        `table_prefix`, `statement_timeout` (seconds) and `synchronous_commit` (`off`, `local`,
+        `remote_write`, `on`, `remote_apply`) are taken out of the URL; every other query
         parameter (`sslmode`, `application_name`, ...) stays in the DSN for libpq. `connect_timeout`
         also sets the storage's own timeout. Keyword `options` override the URL.
         """
@@ -221,8 +235,10 @@ class PostgresDurableStorage(DurableExecutionStorage):
                 kwargs["table_prefix"] = value
             elif key in ("connect_timeout", "statement_timeout"):
                 kwargs[key] = _float_param(key, value)
+            elif key == "synchronous_commit":
+                kwargs[key] = value
         # Keep the other parameters byte for byte: libpq decodes %XX but not `+`.
-        ours = ("table_prefix", "statement_timeout")
+        ours = ("table_prefix", "statement_timeout", "synchronous_commit")
         kept = [p for p in parts.query.split("&") if p and unquote_plus(p.split("=", 1)[0]) not in ours]
         dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
         return cls(dsn, **{**kwargs, **options})
@@ -240,11 +256,15 @@ class PostgresDurableStorage(DurableExecutionStorage):
         conns: weakref.WeakSet[Conn] = weakref.WeakSet()
 
         timeout = f"SET statement_timeout = {self._statement_ms}"
+        # A validated keyword (see `_SYNCHRONOUS_COMMIT`), so it can be spliced into the statement.
+        commit = f"SET synchronous_commit = {self.synchronous_commit}" if self.synchronous_commit else None
 
         async def track(conn: Conn) -> None:
             conns.add(conn)
             # A SET rather than a startup `options` parameter, which PgBouncer refuses by default.
             await conn.execute(timeout)
+            if commit is not None:
+                await conn.execute(commit)
 
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -475,6 +495,12 @@ class PostgresDurableStorage(DurableExecutionStorage):
             detail = (
                 f"{self._where}: a statement ran past statement_timeout={self.statement_timeout:g}s (the "
                 f"server is overloaded, or another session holds a lock on the tables): {_one_line(exc)}"
+            )
+        elif isinstance(exc, NoAnswer) and self.synchronous_commit in _WAITS_FOR_STANDBY:
+            detail += (
+                f"; with synchronous_commit={self.synchronous_commit} a commit also waits for the "
+                f"synchronous standbys (synchronous_standby_names on the primary): check that they "
+                f"are connected. The write may have committed on the primary without being replicated"
             )
         elif isinstance(exc, PoolTimeout):
             entry = self._pools.get(asyncio.get_running_loop())
@@ -832,6 +858,17 @@ def _check_sizes(min_size: int, max_size: int) -> tuple[int, int]:
     if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < max(min_size, 1):
         raise UserError(f"max_size must be an integer >= max(min_size, 1), got {max_size!r}.")
     return min_size, max_size
+
+
+def _check_synchronous_commit(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in _SYNCHRONOUS_COMMIT:
+        raise UserError(
+            f"synchronous_commit must be one of {', '.join(_SYNCHRONOUS_COMMIT)} (or None for the "
+            f"server's setting), got {value!r}."
+        )
+    return value.strip().lower()
 
 
 def _float_param(key: str, value: str) -> float:

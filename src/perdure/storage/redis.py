@@ -37,6 +37,7 @@ script's reply codes (`lease`, `deleted`, `missing`, `conflict`, ...) are read w
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from ..errors import (
     ExecutionLeasedError,
     ExecutionNotFoundError,
     LeaseLostError,
+    ReplicationError,
     StepConflictError,
     StorageConfigurationError,
     StorageUnavailableError,
@@ -91,9 +93,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 _BATCH = 256
 """Ids read per index page (list, cleanup) and expired executions forgotten per script call."""
-_URL_PARAMS = ("prefix", "socket_timeout", "ttl")
+_URL_PARAMS = ("prefix", "replica_timeout", "replicas", "socket_timeout", "ttl")
 _TOMBSTONE_TTL = 7 * 24 * 3600.0
 """Minimum lifetime of a tombstone (seconds); longer when `ttl` is."""
+_REPLICATED_BATCH = 64
+"""With `replicas`: most entries per batch, and how far the journal may lead the head (see `__init__`)."""
 _CLOSE_WAIT = 3.0
 """Seconds `close` waits for the clients of loops whose thread ended to close."""
 
@@ -235,6 +239,16 @@ class RedisDurableStorage(DurableExecutionStorage):
             `StorageUnavailableError` (also the connect timeout); a timeout is not retried, so a
             stalled server fails a call after one `socket_timeout`. Wrong credentials or a missing
             database raise `StorageConfigurationError`.
+        replicas: Replicas that must confirm each write the engine relies on before it counts as
+            done: after the write, `WAIT replicas timeout` runs on the same connection (one
+            non-transactional pipeline, one round trip), and fewer confirmations than `replicas`
+            raise `ReplicationError`. 0 (the default) sends no `WAIT`. Waited writes: heads
+            (`save_state`), journal appends, deletes, lease acquire and renew, cancel requests;
+            maintenance writes (lease release, cleanup, expiry bookkeeping, clearing a cancel
+            request) do not wait, as losing one in a failover only delays a takeover or a cleanup.
+        replica_timeout: Seconds `WAIT` may block (rounded up to whole milliseconds). With replicas,
+            the socket read timeout is `socket_timeout + replica_timeout`, so a slow `WAIT` is not
+            mistaken for a dead server.
 
     A redis-py asyncio client belongs to the event loop it first ran on, so one client is kept per
     loop (the sync twins run on a loop of their own per thread); clients of loops whose thread
@@ -263,6 +277,8 @@ class RedisDurableStorage(DurableExecutionStorage):
         url: str | None = None,
         codec: Codec | None = None,
         socket_timeout: float = 5.0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         if url is not None:
             options = _connection_options(url)
@@ -276,13 +292,23 @@ class RedisDurableStorage(DurableExecutionStorage):
         self.prefix = _validate_prefix(prefix)
         self.ttl = None if ttl is None else _seconds(ttl, "ttl")
         self.socket_timeout = _seconds(socket_timeout, "socket_timeout")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise UserError(f"replicas must be a non-negative integer (0: no WAIT), got {replicas!r}.")
+        self.replicas = replicas
+        self.replica_timeout = _seconds(replica_timeout, "replica_timeout")
+        self._wait_ms = max(1, math.ceil(self.replica_timeout * 1000))
+        if replicas:
+            # An append whose WAIT fell short is applied on the primary, but the engine saw it fail and
+            # records the end of the attempt with its older head: the journal then leads the head by
+            # that one write, which the engine reconciles on resume (as for the file backend's window).
+            self.__dict__.update(max_batch=_REPLICATED_BATCH, journal_may_lead_head=_REPLICATED_BATCH)
         self.codec = codec or Codec()
         self.host, self.port, self.db = options["host"], options["port"], options["db"]
         self._ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))
         self._tomb_ttl_ms = round(max(_TOMBSTONE_TTL, self.ttl or 0) * 1000)
         self._client_options = {
             **options,
-            "socket_timeout": self.socket_timeout,
+            "socket_timeout": self.socket_timeout + (self.replica_timeout if replicas else 0.0),
             "socket_connect_timeout": self.socket_timeout,
             # A dropped connection is retried; a timeout is not: a stalled server would multiply it.
             "retry": Retry(
@@ -304,9 +330,9 @@ class RedisDurableStorage(DurableExecutionStorage):
     def from_url(cls, url: str, **options: Any) -> RedisDurableStorage:
         """Build a storage from `redis://[:password@]host:port/db?prefix=P&ttl=SECONDS` (or `rediss://`).
 
-        `socket_timeout=SECONDS` is accepted too. Keyword `options` (e.g. `codec=`) override the
-        URL's parameters. Unknown parameters raise `UserError`, so a typo does not silently fall
-        back to a default prefix and mix two applications' executions.
+        `socket_timeout=SECONDS`, `replicas=N` and `replica_timeout=SECONDS` are accepted too. Keyword
+        `options` (e.g. `codec=`) override the URL's parameters. Unknown parameters raise `UserError`,
+        so a typo does not silently fall back to a default prefix and mix two applications' executions.
         """
         base, _, query_text = url.partition("?")
         try:
@@ -322,13 +348,19 @@ class RedisDurableStorage(DurableExecutionStorage):
         kwargs: dict[str, Any] = {"url": base}
         if "prefix" in query:
             kwargs["prefix"] = query["prefix"]
-        for name in ("ttl", "socket_timeout"):
+        for name in ("ttl", "socket_timeout", "replica_timeout"):
             if name in query:
                 kwargs[name] = _seconds(query[name], f"{name} in Redis URL {url!r}")
+        if "replicas" in query:
+            text = query["replicas"]
+            if not text.isdigit():
+                raise UserError(f"replicas in Redis URL {url!r} must be an integer >= 0, got {text!r}.")
+            kwargs["replicas"] = int(text)
         return cls(**{**kwargs, **options})
 
     def __repr__(self) -> str:
-        return f"RedisDurableStorage({self._where!r}, prefix={self.prefix!r}, ttl={self.ttl!r})"
+        replicated = f", replicas={self.replicas}" if self.replicas else ""
+        return f"RedisDurableStorage({self._where!r}, prefix={self.prefix!r}, ttl={self.ttl!r}{replicated})"
 
     # ---- connections --------------------------------------------------------------------------------
 
@@ -409,6 +441,40 @@ class RedisDurableStorage(DurableExecutionStorage):
         with self._errors(execution_id):
             return await conn.scripts[name](keys=keys, args=args)
 
+    async def _write(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], execution_id: str | None
+    ) -> tuple[Any, int | None]:
+        """Run a write script; with `replicas`, `WAIT` follows it on the same connection.
+
+        Returns the script's reply and the number of replicas that confirmed (None without
+        `replicas`). WAIT counts the writes of the connection that sends it, and redis-py's pool
+        hands each command any free connection, so both go in one non-transactional pipeline (one
+        connection, one round trip; inside MULTI, WAIT would not block). The caller reads the
+        reply's codes first, then passes the count to `_confirm`.
+        """
+        if not self.replicas:
+            return await self._script(name, keys, args, execution_id), None
+        conn = await self._conn()
+        with self._errors(execution_id):
+            async with conn.client.pipeline(transaction=False) as pipe:
+                await conn.scripts[name](keys=keys, args=args, client=pipe)
+                pipe.wait(self.replicas, self._wait_ms)
+                reply, acknowledged = await pipe.execute()
+        return reply, int(acknowledged)
+
+    def _confirm(self, execution_id: str | None, acknowledged: int | None) -> None:
+        """Raise `ReplicationError` when fewer than `replicas` replicas confirmed a write."""
+        if acknowledged is None or acknowledged >= self.replicas:
+            return
+        raise ReplicationError(
+            "redis",
+            f"{self._where}: WAIT {self.replicas} {self._wait_ms} returned {acknowledged}",
+            execution_id=execution_id,
+            required=self.replicas,
+            acknowledged=acknowledged,
+            timeout=self.replica_timeout,
+        )
+
     async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]], execution_id: str | None) -> T:
         conn = await self._conn()
         with self._errors(execution_id):
@@ -485,8 +551,10 @@ class RedisDurableStorage(DurableExecutionStorage):
 
     async def save_state_async(self, record: ExecutionRecord) -> None:  # noqa: D102
         eid = record.execution_id
-        reply = await self._script("save", self._keys.execution(eid), self._head_args(record), eid)
+        keys = self._keys.execution(eid)
+        reply, acknowledged = await self._write("save", keys, self._head_args(record), eid)
         self._check_write(record, reply)
+        self._confirm(eid, acknowledged)
 
     def _check_write(self, record: ExecutionRecord, reply: list[Any]) -> None:
         if reply[0] == b"lease":
@@ -523,9 +591,10 @@ class RedisDurableStorage(DurableExecutionStorage):
     async def delete_state_async(self, execution_id: str, *, force: bool = False) -> bool:  # noqa: D102
         keys = self._keys.execution(execution_id)
         args = self._delete_args(execution_id, only_if_gone=False, force=force, max_score="")
-        reply = await self._script("delete", keys, args, execution_id)
+        reply, acknowledged = await self._write("delete", keys, args, execution_id)
         if reply[0] == b"leased":
             raise ExecutionLeasedError(execution_id, _text(reply[1]), _from_micros(reply[2]))
+        self._confirm(execution_id, acknowledged)
         return bool(reply[1])
 
     async def append_step_async(self, record: ExecutionRecord, step: StepRecord) -> None:  # noqa: D102
@@ -543,10 +612,11 @@ class RedisDurableStorage(DurableExecutionStorage):
             entries.append(codec.encode() + b":" + payload)
         args = [*self._head_args(record), str(steps[0].seq), *entries]
         keys = self._keys.execution(record.execution_id)
-        reply = await self._script("append", keys, args, record.execution_id)
+        reply, acknowledged = await self._write("append", keys, args, record.execution_id)
         self._check_write(record, reply)
         if reply[0] == b"conflict":  # the first seq is journaled already, or would leave a gap
             raise StepConflictError(steps[0].execution_id, steps[0].seq)
+        self._confirm(record.execution_id, acknowledged)
 
     async def load_steps_async(self, execution_id: str) -> list[StepRecord]:  # noqa: D102
         return await self._load_from(execution_id, 0)
@@ -585,19 +655,21 @@ class RedisDurableStorage(DurableExecutionStorage):
         ttl_us = round(self._check_ttl(ttl_seconds) * 1_000_000)
         keys = [self._keys.head(execution_id), self._keys.lease(execution_id)]
         steal = ["0", ""] if steal_from is None else ["1", steal_from]
-        reply = await self._script("acquire", keys, [owner, str(ttl_us), *steal], execution_id)
+        reply, acknowledged = await self._write("acquire", keys, [owner, str(ttl_us), *steal], execution_id)
         if reply[0] == b"missing":
             raise self._not_found(execution_id)
         if reply[0] == b"leased":
             raise ExecutionLeasedError(execution_id, _text(reply[1]), _from_micros(reply[2]))
+        self._confirm(execution_id, acknowledged)
         return self._decode(execution_id, [reply[2], reply[3]], [owner.encode(), reply[1]])
 
     async def renew_lease_async(self, execution_id: str, owner: str, ttl_seconds: float) -> datetime:  # noqa: D102
         ttl_us = round(self._check_ttl(ttl_seconds) * 1_000_000)
         keys = [self._keys.head(execution_id), self._keys.lease(execution_id)]
-        reply = await self._script("renew", keys, [owner, str(ttl_us)], execution_id)
+        reply, acknowledged = await self._write("renew", keys, [owner, str(ttl_us)], execution_id)
         if reply[0] == b"lost":
             raise LeaseLostError(execution_id, owner, _text(reply[1]) or None)
+        self._confirm(execution_id, acknowledged)
         return _from_micros(reply[1])
 
     async def release_lease_async(self, execution_id: str, owner: str) -> bool:  # noqa: D102
@@ -759,7 +831,10 @@ class RedisDurableStorage(DurableExecutionStorage):
             self._keys.cancel(execution_id),
             self._keys.channel if self._keys.announce else "",
         ]
-        return bool(await self._script("cancel", keys, [execution_id, reason], execution_id))
+        reply, acknowledged = await self._write("cancel", keys, [execution_id, reason], execution_id)
+        if reply:
+            self._confirm(execution_id, acknowledged)
+        return bool(reply)
 
     async def cancel_request_async(self, execution_id: str) -> CancelRequest | None:
         """One `HMGET` of the request's hash."""

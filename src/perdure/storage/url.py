@@ -158,7 +158,7 @@ def storage_from_url(url: str, **options: Any) -> DurableExecutionStorage:
     Args:
         url: `memory://`, `file://DIR`, `sqlite:///PATH?table=NAME&synchronous=NORMAL`,
             `redis://[:password@]host:port/db?prefix=P&ttl=S` or
-            `postgresql://user@host:port/db?table_prefix=P`.
+            `postgresql://user@host:port/db?table_prefix=P&synchronous_commit=remote_apply`.
         **options: Extra keyword arguments for the backend's constructor (e.g. `codec=`); they
             override parameters given in the URL. Without `codec=`, the codec follows
             `PERDURE_COMPRESSION` and `PERDURE_COMPRESSION_MIN_BYTES`; a Redis URL without `ttl`
