@@ -154,6 +154,8 @@ class JournalRun:
         """Whether this attempt wrote its head yet (the attempt start is stored with the first write)."""
         self._instructions_checked = False
         self._deferred_cancel = False
+        self._unsure = False
+        """An append raised: the storage may have applied it anyway (see `_adopt_stored_progress`)."""
         self.cancel_requested: ExecutionCancelledError | None = None
         """Set (by the lease heartbeat) when an operator asked to cancel this execution: the next unit
         raises it instead of starting, so the run stops at a unit boundary (see `perdure.durable._cancel`)."""
@@ -282,14 +284,47 @@ class JournalRun:
             chunk = pending[start : start + limit]
             head = self.head if start + limit >= len(pending) else self._pending_heads[start + limit - 1]
             _faults.point("before_journal_write", chunk[-1].kind)
-            await self.storage.append_steps_async(head, chunk)
+            await self._append(self.storage.append_steps_async(head, chunk))
             _faults.point("after_journal_write", chunk[-1].kind)
         self._pending_heads = []
         self._persisted = True
 
+    async def _append(self, write: Awaitable[None]) -> None:
+        """Await a journal append; when it raises, whether the storage applied it is unknown."""
+        try:
+            await write
+        except Exception:
+            self._unsure = True
+            raise
+
+    async def _adopt_stored_progress(self) -> None:
+        """After an append whose outcome is unknown, count what the storage holds before writing the head.
+
+        A server can apply an append (journal entry and head, in one transaction or script) and lose
+        the reply (a socket timeout, a connection cut after COMMIT). Writing this attempt's older head
+        over it would make the head count fewer entries than the journal holds, which the next resume
+        refuses as corruption; the stored head's journal position and usage are taken instead, so the
+        resume replays the applied unit. When the storage cannot be read, the head is not written
+        either (the caller logs it), which leaves the applied append and its head consistent.
+        """
+        self._unsure = False
+        stored = await self.storage.load_state_async(self.execution_id)
+        if stored is None or stored.next_seq <= self.head.next_seq:
+            return
+        self.head = self.head.model_copy(
+            update={
+                "next_seq": stored.next_seq,
+                "usage": stored.usage,
+                "replay": stored.replay,
+                "saved": stored.saved,
+            }
+        )
+
     async def save_head(self) -> None:
-        """Store the head as it is now (the attempt start, identity updates)."""
+        """Store the head as it is now (the attempt start, identity updates, the attempt's end)."""
         await self.flush()
+        if self._unsure:
+            await self._adopt_stored_progress()
         _faults.point("before_head_save")
         await self.storage.save_state_async(self.head)
         _faults.point("after_head_save")
@@ -588,7 +623,7 @@ class JournalRun:
         # A decision answers the pause; markers and attempts only take a journal position.
         new_head = self.head.decided(step) if kind is StepKind.DECISION else self.head.noted(step)
         _faults.point("before_journal_write", step.kind)
-        await self.storage.append_step_async(new_head, step)
+        await self._append(self.storage.append_step_async(new_head, step))
         _faults.point("after_journal_write", step.kind)
         self.head = new_head
         self._persisted = True
@@ -625,7 +660,7 @@ class JournalRun:
                 await self.flush()
             return
         _faults.point("before_journal_write", step.kind)
-        await self.storage.append_step_async(new_head, step)
+        await self._append(self.storage.append_step_async(new_head, step))
         _faults.point("after_journal_write", step.kind)
         self.head = new_head
         self._persisted = True
