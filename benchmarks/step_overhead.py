@@ -80,6 +80,7 @@ from perdure.durable.capability import PerdureDurability
 from perdure.durable.execution import DurableExecution
 from perdure.durable.journal import JournalRun, UnitIdentity
 from perdure.records import ExecutionRecord, ExecutionStatus, StepKind, StepRecord, TaskSnapshot, utcnow
+from perdure.storage._query import execution_name, search_text
 from perdure.storage.base import DurableExecutionStorage
 from perdure.storage.memory import InMemoryDurableStorage
 from perdure.storage.sqlite import SQLiteDurableStorage
@@ -153,6 +154,10 @@ class BaselineSQL:
         conn.execute("BEGIN IMMEDIATE")
         for sql in self.schema:
             conn.execute(sql)
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({_T})")}
+        for column in ("name", "search"):  # added by the backend's migration, not its first schema
+            if column not in columns:
+                conn.execute(f"ALTER TABLE {_T} ADD COLUMN {column} TEXT")
         conn.execute("COMMIT")
         return conn
 
@@ -342,15 +347,7 @@ class RawRows:
 
     @staticmethod
     def _head_row(head: ExecutionRecord) -> tuple[Any, ...]:
-        return (
-            head.execution_id,
-            head.status.value,
-            ts(head.created_at),
-            ts(head.updated_at),
-            head.schema_version,
-            "json",
-            encode_head(head),
-        )
+        return _head_row(head, head.execution_id)
 
 
 async def durable_step(run: JournalRun, unit: UnitIdentity, body: Callable[[], Awaitable[Any]]) -> float:
@@ -566,7 +563,8 @@ class RawInRunStorage(InMemoryDurableStorage):
                 (execution_id, step.seq, step.kind.value, step.name, step.key, "json", entry),
             )
         row = (record.status.value, ts(record.created_at), ts(record.updated_at), record.schema_version)
-        conn.execute(self._sql.upsert_head, (execution_id, *row, "json", head))
+        listing = (execution_name(record), search_text(record))
+        conn.execute(self._sql.upsert_head, (execution_id, *row, "json", head, *listing))
         conn.execute("COMMIT")
 
     async def save_state_async(self, record: ExecutionRecord) -> None:
@@ -579,6 +577,7 @@ class RawInRunStorage(InMemoryDurableStorage):
 
 
 def _head_row(head: ExecutionRecord, execution_id: str) -> tuple[Any, ...]:
+    """The head row as the backend writes it: payload, then the listing's name and search columns."""
     payload = encode_head(head)
     return (
         execution_id,
@@ -588,6 +587,8 @@ def _head_row(head: ExecutionRecord, execution_id: str) -> tuple[Any, ...]:
         head.schema_version,
         "json",
         payload,
+        execution_name(head),
+        search_text(head),
     )
 
 
@@ -601,7 +602,7 @@ class RawAgentRows:
     def __init__(self, writes: list[tuple[ExecutionRecord, StepRecord | None]]) -> None:
         self.writes = [(_head_row(h, "x"), _step_row(s, "x") if s else None) for h, s in writes]
         self.steps = sum(1 for _, s in writes if s is not None)
-        self.bytes = sum(len(s[-1]) for _, s in self.writes if s) + len(self.writes[-1][0][-1])
+        self.bytes = sum(len(s[-1]) for _, s in self.writes if s) + len(self.writes[-1][0][6])
 
     def run(self, sql: BaselineSQL, conn: sqlite3.Connection, execution_id: str) -> None:
         """Write every transaction of the run for `execution_id`."""
