@@ -35,15 +35,15 @@ from .durable.decisions import ToolResolution
 from .durable.identity import normalize_allow_changes
 from .durable.leases import DEFAULT_LEASE_TTL, acquire_lease, default_worker_id
 from .durable.recovery import (
+    AgentNotServedError,
     AgentResolver,
     RecoveryOptions,
     RecoveryReport,
-    _NotServed,
-    _resolve_agent,
-    _resume,
     recorded_agent_name,
     recover_execution_async,
     recover_interrupted_async,
+    resolve_agent,
+    resume_leased,
 )
 from .errors import (
     ExecutionCancelledError,
@@ -169,7 +169,7 @@ async def resume(
         _check_resumable(leased)
         agent = await _agent_for(resolver, leased)
         options = RecoveryOptions(lease_ttl=lease_ttl, allow_changes=normalize_allow_changes(allow_changes))
-        await _resume(storage, agent, leased, owner, options)
+        await resume_leased(storage, agent, leased, owner, options)
     finally:
         with suppress(Exception):  # the lease expires on its own; keep the outcome
             await storage.release_lease_async(execution_id, owner)
@@ -186,8 +186,8 @@ async def _agent_for(resolver: AgentResolver | None, head: ExecutionRecord) -> A
             f"(resolver=..., or `--app module:attr` on the command line)."
         )
     try:
-        return await _resolve_agent(resolver, head)
-    except _NotServed:
+        return await resolve_agent(resolver, head)
+    except AgentNotServedError:
         if head.task.workflow is not None:
             return None
         raise UserError(

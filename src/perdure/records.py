@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redact import redact
 
 __all__ = [
+    "RESULT_KINDS",
     "SCHEMA_VERSION",
     "ErrorInfo",
     "ExecutionIdentity",
@@ -88,6 +89,12 @@ class StepKind(StrEnum):
     """A manual checkpoint: a description and a state payload created inside a run."""
     REWIND = "rewind"
     """An operator rewound the execution: the entries after `to_step` before this one are superseded."""
+
+
+RESULT_KINDS = frozenset(
+    {StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP, StepKind.CHECKPOINT}
+)
+"""Journal entries that are a unit's result (the others are bookkeeping: positions, approvals, ...)."""
 
 
 class _Record(BaseModel):

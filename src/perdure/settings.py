@@ -15,6 +15,14 @@ environment, `perdure.toml`, `pyproject.toml`, the defaults.
     secret_key                 key signing resume tokens (at least 16 bytes)
     lease_ttl                  default lease seconds of an execution
     log_level                  level of the `perdure` logger set by the CLI and the worker
+    engine                     `embedded` (default), `temporal`, `dbos` or `prefect`: what runs agents
+    temporal_address           HOST:PORT of the Temporal frontend (engine `temporal`)
+    temporal_namespace         Temporal namespace (engine `temporal`)
+    temporal_task_queue        Temporal task queue of perdure's workflows (engine `temporal`)
+    temporal_activity_timeout  seconds an activity may run per attempt (engine `temporal`, default 60)
+    temporal_heartbeat_timeout seconds without a heartbeat before an activity is retried elsewhere
+    temporal_sticky_timeout    seconds a workflow task waits for the worker that ran it last
+    dbos_database_url          DBOS system database, `sqlite:///...` or `postgresql://...` (engine `dbos`)
 
 `settings()` returns the cached settings of this process (`settings(reload=True)` reads them
 again, `reset_settings()` makes the next call read them); `describe()` lists each setting's
@@ -114,6 +122,37 @@ class PerdureSettings(BaseSettings):
         default=None, description="Level of the perdure logger (DEBUG, INFO, WARNING, ERROR)."
     )
 
+    engine: Literal["embedded", "temporal", "dbos", "prefect"] = Field(
+        default="embedded",
+        description="What runs agents: embedded (perdure's own journal), temporal, dbos or prefect.",
+    )
+    temporal_address: str = Field(
+        default="127.0.0.1:7233", description="HOST:PORT of the Temporal frontend (engine temporal)."
+    )
+    temporal_namespace: str = Field(default="default", description="Temporal namespace (engine temporal).")
+    temporal_task_queue: str = Field(
+        default="perdure", description="Task queue of perdure's Temporal workflows (engine temporal)."
+    )
+    temporal_activity_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds an activity may run per attempt [default 60] (engine temporal).",
+    )
+    temporal_heartbeat_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds without heartbeat before an activity is retried elsewhere (engine temporal).",
+    )
+    temporal_sticky_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a workflow task waits for its last worker [Temporal: 10] (engine temporal).",
+    )
+    dbos_database_url: str | None = Field(
+        default=None,
+        description="DBOS system database URL, sqlite:///... or postgresql://... (engine dbos).",
+    )
+
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("storage_url")
@@ -125,7 +164,7 @@ class PerdureSettings(BaseSettings):
             raise ValueError("expected a storage URL such as sqlite:///durable.db or file://./states")
         return value
 
-    @field_validator("compression", mode="before")
+    @field_validator("compression", "engine", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

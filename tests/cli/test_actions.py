@@ -84,6 +84,8 @@ def test_resolve_cancel_fork_delete_retry_recover(url: str) -> None:
     assert aborted.exit_code == 0 and _status(url, "p2") is ExecutionStatus.CANCELLED
     cancelled = runner.invoke(app, ["cancel", "i1", "-s", url, "--reason", "test"])
     assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout
+    past_the_end = runner.invoke(app, ["fork", "i2", "--at-step", "999", "-s", url])
+    assert past_the_end.exit_code == 3, past_the_end.output  # no such checkpoint: not found, like an id
     forked = runner.invoke(app, ["fork", "i2", "--at-step", "0", "-s", url, "--json"])
     assert forked.exit_code == 0, forked.output
     child = json.loads(forked.stdout)["execution_id"]

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ..errors import (
+    CheckpointNotFoundError,
     ExecutionCancelledError,
     ExecutionCompletedError,
     ExecutionConflictError,
@@ -154,7 +155,8 @@ def _fail(exc: BaseException, code: int) -> NoReturn:
 
 def _exit_code(exc: Exception) -> int:
     """The exit code for a failed command: scripts tell a typo in the URL from a storage outage."""
-    if isinstance(exc, StorageNotFoundError | ExecutionNotFoundError):  # no such storage or execution
+    # no such storage, execution or checkpoint (`fork --at-step` past the end)
+    if isinstance(exc, StorageNotFoundError | ExecutionNotFoundError | CheckpointNotFoundError):
         return EXIT_STORAGE_NOT_FOUND
     if isinstance(exc, _CONFLICTS):  # leased elsewhere, completed, cancelled, not paused, ...
         return EXIT_CONFLICT

@@ -29,6 +29,14 @@ from ..errors import UserError
 from ..records import ExecutionRecord, ExecutionStatus, utcnow
 from ..storage import DurableExecutionStorage, ExecutionPage, ExecutionQuery
 from ._app import JsonOption, StorageOption, _query, _usage, app
+from ._engines import (
+    AddressOption,
+    DbosUrlOption,
+    EngineOption,
+    NamespaceOption,
+    choose_engine,
+    engine_list,
+)
 from ._format import _cell, _json, safe_text
 from ._timeline import ago, execution_name, state
 
@@ -201,8 +209,20 @@ def list_executions(
         typer.Option(metavar="TOKEN", show_default=False, help="The page after the one that printed TOKEN."),
     ] = None,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    dbos_url: DbosUrlOption = None,
 ) -> None:
-    """List executions, most recently updated first, a page at a time."""
+    """List executions, most recently updated first, a page at a time.
+
+    With `--engine temporal|dbos|prefect` (or `PERDURE_ENGINE`) the list comes from that engine's
+    own visibility (`--status` and `--limit` apply; the other filters and pages do not).
+    """
+    engine_name = choose_engine(engine, address=address, namespace=namespace, dbos_url=dbos_url)
+    if engine_name != "embedded":
+        engine_list(engine_name, [s.value for s in status or ()], limit, as_json)
+        return
     window: dict[str, datetime | None] = {}
     for option, value in (("--since", since), ("--until", until)):
         try:

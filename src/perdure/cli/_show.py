@@ -29,6 +29,14 @@ from rich.text import Text
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from ..storage import DurableExecutionStorage
 from ._app import EXIT_FAILURE, JsonOption, StorageOption, _query, app
+from ._engines import (
+    AddressOption,
+    DbosUrlOption,
+    EngineOption,
+    NamespaceOption,
+    choose_engine,
+    engine_show,
+)
 from ._format import _json, safe_lines, safe_text
 from ._timeline import ago, execution_name, lease_live, model_of, state, timeline
 
@@ -182,8 +190,19 @@ def show(
         bool, typer.Option("--traceback", help="Also print the tracebacks of the error and failed tries.")
     ] = False,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    dbos_url: DbosUrlOption = None,
 ) -> None:
-    """Show an execution: status, usage, error, pending calls, then its step timeline."""
+    """Show an execution: status, usage, error, pending calls, then its step timeline.
+
+    With `--engine temporal|dbos|prefect` (or `PERDURE_ENGINE`) it shows what that engine describes.
+    """
+    engine_name = choose_engine(engine, address=address, namespace=namespace, dbos_url=dbos_url)
+    if engine_name != "embedded":
+        engine_show(engine_name, execution_id, as_json)
+        return
     head, journal = _query(storage, lambda s: _load(s, execution_id))
     rows = timeline(journal)
     shown = rows[len(rows) - steps :] if steps else []

@@ -25,6 +25,15 @@ from ..storage import DurableExecutionStorage
 from ..storage.base import retention_keep as retention_keep_statuses
 from ._alert_options import AlertOption, AlertWebhookOption, parse_alerts
 from ._app import EXIT_FAILURE, StorageOption, _open, _quiet, _replaceable, _run, _storage_url, _usage, app
+from ._engines import (
+    AddressOption,
+    DbosUrlOption,
+    EngineOption,
+    NamespaceOption,
+    TaskQueueOption,
+    choose_engine,
+    serve_engine,
+)
 from ._format import _SafeFormatter, safe_text
 from ._resolve import build_resolver
 
@@ -160,8 +169,18 @@ def worker(
     ] = None,
     alert: AlertOption = None,
     alert_webhook: AlertWebhookOption = None,
+    engine: EngineOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    task_queue: TaskQueueOption = None,
+    dbos_url: DbosUrlOption = None,
 ) -> None:
     """Recover interrupted executions: once at start-up, then every poll interval, until SIGTERM.
+
+    With `--engine temporal|dbos|prefect` (or `PERDURE_ENGINE`) the worker serves the `--app`
+    agents on that engine instead (`--address`, `--namespace`, `--task-queue` for Temporal,
+    `--dbos-url` for DBOS); the engine recovers interrupted runs itself and the storage options
+    do not apply.
 
     `--storage`, `--lease-ttl`, `--log-level`, `--retention-days` and `--retention-keep` default to
     perdure's settings (`perdure config`): `PERDURE_STORAGE_URL`, `PERDURE_LEASE_TTL`,
@@ -169,8 +188,14 @@ def worker(
     `PERDURE_RETENTION_KEEP`; with `PERDURE_TTL` set, completed executions are deleted that many
     seconds after they completed, on the cleanup schedule.
     """
+    engine_name = choose_engine(
+        engine, address=address, namespace=namespace, task_queue=task_queue, dbos_url=dbos_url
+    )
     configured = settings()
     log_level = log_level or configured.log_level or "INFO"
+    if engine_name != "embedded":
+        serve_engine(engine_name, app_refs, log_level)
+        return
     lease_ttl = configured.lease_ttl if lease_ttl is None else lease_ttl
     retention_days = configured.retention_days if retention_days is None else retention_days
     try:

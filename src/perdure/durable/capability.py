@@ -8,12 +8,14 @@ installed) the agent behaves exactly like a plain pydantic-ai agent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic_ai import RunContext
 from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.agent.abstract import AbstractAgent
+from pydantic_ai.capabilities.abstract import AbstractCapability
 from pydantic_ai.durable_exec import (
     BaseDurabilityCapability,
     DurabilityEngineSpec,
@@ -42,7 +44,7 @@ from .journal import UnitIdentity, current_run, in_unit_scope, serialization_fai
 from .retry import RetryPolicy
 from .step_context import STEP
 
-__all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig"]
+__all__ = ["TOOL_CONFIG_KEY", "PerdureDurability", "StepConfig", "tool_step_config"]
 
 TOOL_CONFIG_KEY = "perdure"
 """Key of perdure's per-tool settings in a pydantic-ai tool's `metadata`."""
@@ -73,21 +75,25 @@ def _unit_identity(
     return UnitIdentity(StepKind.OTHER, name, name)
 
 
+def tool_step_config(tool_name: str, metadata: Mapping[str, Any] | None, defaults: StepConfig) -> StepConfig:
+    """A tool's `perdure` metadata merged over the agent's tool defaults (every engine reads it so)."""
+    own = (metadata or {}).get(TOOL_CONFIG_KEY)
+    if own is None:
+        return defaults
+    if not isinstance(own, dict):
+        raise UserError(
+            f"Tool {tool_name!r} has invalid {TOOL_CONFIG_KEY!r} metadata: expected a dict like "
+            f"{{'idempotent': False, 'retry': RetryPolicy(...)}}, got {type(own).__name__}."
+        )
+    return {**defaults, **own}
+
+
 def _tool_config(defaults: StepConfig) -> Callable[[DurableOperationId, object | None, str], StepConfig]:
     """Merge a tool's `perdure` metadata over the agent's tool defaults."""
 
     def resolve(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig:
         tool_def = getattr(tool, "tool_def", None)
-        metadata = getattr(tool_def, "metadata", None) or {}
-        own = metadata.get(TOOL_CONFIG_KEY)
-        if own is None:
-            return defaults
-        if not isinstance(own, dict):
-            raise UserError(
-                f"Tool {tool_name!r} has invalid {TOOL_CONFIG_KEY!r} metadata: expected a dict like "
-                f"{{'idempotent': False, 'retry': RetryPolicy(...)}}, got {type(own).__name__}."
-            )
-        return {**defaults, **own}
+        return tool_step_config(tool_name, getattr(tool_def, "metadata", None), defaults)
 
     return resolve
 
@@ -152,6 +158,7 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         name: str | None = None,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
         warn_outside_execution: bool = True,
+        engine: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Configure the engine for one agent.
@@ -167,6 +174,9 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
                 `DurableExecution.run_agent_stream_events` instead.
             warn_outside_execution: Log a one-time warning when the agent runs outside a durable
                 execution (nothing is saved then); False when that is intended.
+            engine: What runs the agent: `embedded` (perdure's journal), `temporal`, `dbos` or
+                `prefect`. None reads the `engine` setting (`PERDURE_ENGINE`, `perdure.toml`) when
+                the agent is built, so one agent module runs on any engine by configuration alone.
             **kwargs: Passed to pydantic-ai's `BaseDurabilityCapability`, e.g. `models=`: the model
                 instances a run may pass with `run_agent(..., model=...)`, as a mapping
                 `{key: model}` or a list (keyed by `provider:model name`).
@@ -180,9 +190,33 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         self._user_event_handler = event_stream_handler
         super().__init__(name=name, event_stream_handler=_streaming.forwarder(event_stream_handler), **kwargs)
         self.warn_outside_execution = warn_outside_execution
+        self.engine = engine
         self.retry = retry
         self.tool_retry = tool_retry
         self.circuit_breaker = circuit_breaker
+
+    @property
+    def extra_models(self) -> dict[str, Any]:
+        """The `models=` registered besides the agent's own (key -> `Model`), for engine adapters."""
+        return dict(getattr(self, "_extra_models", None) or {})  # where pydantic-ai's base keeps them
+
+    @property
+    def user_event_handler(self) -> EventStreamHandler[AgentDepsT] | None:
+        """The `event_stream_handler` the user passed (not perdure's streaming forwarder)."""
+        return self._user_event_handler
+
+    def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
+        """Bind to the agent: perdure's journal, or the chosen distributed engine's own durability.
+
+        The engine is resolved here, when the agent is built, because engines such as Temporal
+        register an agent's units with their workers before anything runs.
+        """
+        from ..engines import get_engine, resolve_engine_name
+
+        engine = resolve_engine_name(self.engine)
+        if engine == "embedded":
+            return super().for_agent(agent)
+        return get_engine(engine).bind(self, agent)
 
     def get_model_settings(self) -> Any:
         """Turn off the provider SDK's own retries when perdure retries model requests.

@@ -7,15 +7,17 @@ questions of the seed API: `get_execution_info`, `list_all_executions`, deletion
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from pydantic_ai import Agent as PydanticAgent
 
 from .._sync import run_sync, sync_twin
+from ..engines import Engine, EngineOptions, get_engine, resolve_engine_name
 from ..errors import UserError
 from ..records import ExecutionStatus, StepRecord
 from ..storage.base import DurableExecutionStorage
+from ..storage.memory import InMemoryDurableStorage
 from ._cancel import CancelOutcome, cancel_execution_async
 from ._streaming import DurableEventStream, StreamedEvent
 from .checkpoints import (
@@ -29,6 +31,7 @@ from .checkpoints import (
     parse_checkpoint_id,
     rewind_async,
 )
+from .decisions import ApprovalDecision, approvals_to_json
 from .engine import AttemptResult, ExecutionHandle
 from .recovery import recover_interrupted_async
 
@@ -62,7 +65,68 @@ class DurableExecution(ExecutionHandle):
     Constructed like `ExecutionHandle` (storage, auto_cleanup, debug, execution_id, worker_id,
     lease_ttl, wait_for_lease), which runs its attempts; this class adds `get_execution_info`,
     `list_all_executions`, `delete` and `recover_interrupted`.
+
+    `engine=` (default: the `engine` setting, `PERDURE_ENGINE`) runs agents on a distributed engine
+    instead of perdure's journal: `"temporal"`, `"dbos"` or `"prefect"` (see `perdure.engines`).
+    Then `run_agent_async` / `resume_agent_async` start, join and steer the run through that engine
+    and return an `EngineRun` (`output`, `status`, `paused`, `pending`); `storage` is not used.
     """
+
+    def __init__(
+        self,
+        storage: DurableExecutionStorage | None = None,
+        *,
+        engine: str | None = None,
+        engine_options: EngineOptions | None = None,
+        **options: Any,
+    ) -> None:
+        self.engine_name = resolve_engine_name(engine)
+        """`embedded` (perdure's journal) or the distributed engine this handle runs agents on."""
+        self._engine_options = engine_options
+        if self.engine_name != "embedded" and storage is None:
+            storage = InMemoryDurableStorage()  # the engine keeps the state; nothing is stored here
+        super().__init__(storage, **options)
+
+    @property
+    def engine(self) -> Engine:
+        """The distributed engine's adapter (`UserError` for the embedded engine)."""
+        return get_engine(self.engine_name, self._engine_options)
+
+    async def run_agent_async(
+        self, agent: PydanticAgent[Any, OutputT], prompt: str, **kwargs: Any
+    ) -> AttemptResult[OutputT]:
+        """Run `agent` on `prompt` as this execution, resuming it if it exists (see `ExecutionHandle`).
+
+        On a distributed engine the run starts there (joined when it exists) and this waits until it
+        completes, fails or pauses; the result is an `EngineRun` (an `AttemptResult`).
+        """
+        if self.engine_name == "embedded":
+            return await super().run_agent_async(agent, prompt, **kwargs)
+        return await self.engine.run_agent(agent, prompt, execution_id=self.execution_id, **kwargs)
+
+    async def resume_agent_async(
+        self, agent: PydanticAgent[Any, OutputT], **kwargs: Any
+    ) -> AttemptResult[OutputT]:
+        """Resume this execution (see `ExecutionHandle.resume_agent_async`).
+
+        On a distributed engine, `approvals=` decisions are sent to the paused run (approve, approve
+        with edited arguments, deny with a message) and this waits for its next state.
+        """
+        if self.engine_name == "embedded":
+            return await super().resume_agent_async(agent, **kwargs)
+        engine = self.engine
+        approvals: Mapping[str, ApprovalDecision] = kwargs.pop("approvals", None) or {}
+        if kwargs:
+            raise UserError(
+                f"resume_agent_async on the {self.engine_name} engine takes only approvals=; got "
+                f"{', '.join(sorted(kwargs))} (execution {self.execution_id})."
+            )
+        for call_id, decision in approvals_to_json(dict(approvals)).items():
+            if decision.get("approved"):
+                await engine.approve(self.execution_id, call_id, args=decision.get("override_args"))
+            else:
+                await engine.deny(self.execution_id, call_id, message=decision.get("message"))
+        return await engine.result(self.execution_id, wait=True)
 
     # ---- management (seed API) -----------------------------------------------------------------
 
@@ -82,20 +146,35 @@ class DurableExecution(ExecutionHandle):
 
     @staticmethod
     def list_all_executions(
-        storage: DurableExecutionStorage,
+        storage: DurableExecutionStorage | None = None,
         status: ExecutionStatus | str | None = None,
         limit: int | None = None,
+        *,
+        engine: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Info dicts of the storage's executions, most recently updated first."""
-        return [head.info() for head in storage.list_executions(status, limit)]
+        """Info dicts of the storage's executions, most recently updated first.
+
+        Without a storage, and with `engine=` (or the `engine` setting) naming a distributed engine,
+        the list comes from that engine's own visibility (Temporal list, DBOS workflow status, Prefect
+        flow runs).
+        """
+        return run_sync(DurableExecution.list_all_executions_async(storage, status, limit, engine=engine))
 
     @staticmethod
     async def list_all_executions_async(
-        storage: DurableExecutionStorage,
+        storage: DurableExecutionStorage | None = None,
         status: ExecutionStatus | str | None = None,
         limit: int | None = None,
+        *,
+        engine: str | None = None,
     ) -> list[dict[str, Any]]:
         """Async twin of `list_all_executions`."""
+        if storage is None:
+            name = resolve_engine_name(engine)
+            if name == "embedded":
+                raise UserError("list_all_executions needs a storage on the embedded engine.")
+            wanted = None if status is None else ExecutionStatus(status).value
+            return await get_engine(name).list(wanted, limit)
         return [head.info() for head in await storage.list_executions_async(status, limit)]
 
     @_HybridMethod
@@ -363,6 +442,8 @@ class DurableExecution(ExecutionHandle):
 
 
 async def _info_async(target: Any, *args: Any) -> dict[str, Any] | None:
+    if isinstance(target, DurableExecution) and target.engine_name != "embedded" and len(args) < 2:
+        return await target.engine.describe(args[0] if args else target.execution_id)
     if isinstance(target, DurableExecution):
         execution_id = args[0] if args else target.execution_id
         storage = args[1] if len(args) > 1 else target.storage

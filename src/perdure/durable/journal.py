@@ -46,6 +46,7 @@ from ..errors import (
 from ..events import _derive as events_of
 from ..events._bus import Emitter
 from ..records import (
+    RESULT_KINDS,
     ErrorInfo,
     ExecutionIdentity,
     ExecutionRecord,
@@ -161,7 +162,7 @@ class JournalRun:
         raises it instead of starting, so the run stops at a unit boundary (see `perdure.durable._cancel`)."""
         self._journal = {step.key: step for step in journal}
         self._keys = UnitKeys(self._journal)
-        self._replay_remaining = sum(1 for step in journal if step.kind in _RESULT_KINDS)
+        self._replay_remaining = sum(1 for step in journal if step.kind in RESULT_KINDS)
         self._failed_attempts: Counter[str] = Counter(
             unit for step in journal if step.kind is StepKind.ATTEMPT and (unit := attempt_unit(step.key))
         )
@@ -748,9 +749,6 @@ class JournalRun:
             logger.info("[%s] completed after %d journaled steps", self.execution_id, self.head.next_seq)
 
 
-_RESULT_KINDS = frozenset(
-    {StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP, StepKind.CHECKPOINT}
-)
 _YIELD_EVERY = 0.05
 """Seconds between forced trips through the event loop: a run of units that all complete without
 waiting (fast async steps, SQLite writes, a long replay) would otherwise never let the lease

@@ -59,6 +59,7 @@ from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id, owner_is_dead
 
 __all__ = [
+    "AgentNotServedError",
     "AgentResolver",
     "RecoveryGaveUpError",
     "RecoveryOptions",
@@ -67,6 +68,8 @@ __all__ = [
     "recorded_agent_name",
     "recover_execution_async",
     "recover_interrupted_async",
+    "resolve_agent",
+    "resume_leased",
 ]
 
 logger = logging.getLogger("perdure")
@@ -135,12 +138,12 @@ def _agent_name(agent: Any) -> str | None:
     return name
 
 
-class _NotServed(Exception):
-    """The resolver has no agent for this execution's recorded agent name."""
+class AgentNotServedError(Exception):
+    """The resolver has no agent for this execution's recorded agent name (the operations report it)."""
 
 
-async def _resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
-    """The agent to resume `head` with; raises `_NotServed` when this resolver does not serve it."""
+async def resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
+    """The agent to resume `head` with; raises `AgentNotServedError` when this resolver does not serve it."""
     name = recorded_agent_name(head)
     if isinstance(resolver, PydanticAgent) or _is_facade(resolver) or _is_workflow(resolver):
         resolver = [resolver]
@@ -148,18 +151,18 @@ async def _resolve_agent(resolver: AgentResolver, head: ExecutionRecord) -> Any:
         for agent in resolver:
             if _agent_name(agent) == name:
                 return agent
-        raise _NotServed(name)
+        raise AgentNotServedError(name)
     if isinstance(resolver, Mapping):
         agent = resolver.get(name) if name is not None else None
         if agent is None:
-            raise _NotServed(name)
+            raise AgentNotServedError(name)
         return agent
     if callable(resolver):
         agent = resolver(head)
         if inspect.isawaitable(agent):
             agent = await agent
         if agent is None:
-            raise _NotServed(name)
+            raise AgentNotServedError(name)
         return agent
     raise UserError(
         f"Cannot recover with {resolver!r}: pass a perdure Agent, a pydantic-ai Agent with "
@@ -190,7 +193,7 @@ def _factory(agent: Any, execution_id: str) -> AgentFactory:
     )
 
 
-async def _resume(
+async def resume_leased(
     storage: DurableExecutionStorage,
     agent: Any,
     head: ExecutionRecord,
@@ -286,8 +289,8 @@ async def _recover_leased(
         report.failed[execution_id] = f"gave up after {head.attempts} attempts"
         return report
     try:
-        agent = await _resolve_agent(agent_resolver, head)
-    except _NotServed:
+        agent = await resolve_agent(agent_resolver, head)
+    except AgentNotServedError:
         name = recorded_agent_name(head)
         logger.info("[%s] left alone: this worker serves no agent named %r", execution_id, name)
         report.not_served[execution_id] = str(name)
@@ -303,7 +306,7 @@ async def _recover_leased(
         head.step_index,
         head.step_name or "-",
     )
-    resume = _resume(storage, agent, head, owner, options)
+    resume = resume_leased(storage, agent, head, owner, options)
     try:
         paused = await (resume if options.timeout is None else asyncio.wait_for(resume, options.timeout))
     except TimeoutError:

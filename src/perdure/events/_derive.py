@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import ErrorInfo, ExecutionRecord, ExecutionStatus, StepKind, StepRecord, utcnow
+from ..records import RESULT_KINDS, ErrorInfo, ExecutionRecord, ExecutionStatus, StepKind, StepRecord, utcnow
 from ._models import (
     ExecutionCancelled,
     ExecutionCompleted,
@@ -36,11 +36,6 @@ __all__ = [
     "unit_retried",
     "unit_started",
 ]
-
-RESULT_KINDS = frozenset(
-    {StepKind.MODEL_REQUEST, StepKind.TOOL_CALL, StepKind.OTHER, StepKind.STEP, StepKind.CHECKPOINT}
-)
-"""Journal entries that are a unit's result (the others are bookkeeping)."""
 
 
 def run_name(head: ExecutionRecord) -> str | None:

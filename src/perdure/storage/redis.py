@@ -96,8 +96,6 @@ _BATCH = 256
 _URL_PARAMS = ("prefix", "replica_timeout", "replicas", "socket_timeout", "ttl")
 _TOMBSTONE_TTL = 7 * 24 * 3600.0
 """Minimum lifetime of a tombstone (seconds); longer when `ttl` is."""
-_REPLICATED_BATCH = 64
-"""With `replicas`: most entries per batch, and how far the journal may lead the head (see `__init__`)."""
 _CLOSE_WAIT = 3.0
 """Seconds `close` waits for the clients of loops whose thread ended to close."""
 
@@ -297,11 +295,9 @@ class RedisDurableStorage(DurableExecutionStorage):
         self.replicas = replicas
         self.replica_timeout = _seconds(replica_timeout, "replica_timeout")
         self._wait_ms = max(1, math.ceil(self.replica_timeout * 1000))
-        if replicas:
-            # An append whose WAIT fell short is applied on the primary, but the engine saw it fail and
-            # records the end of the attempt with its older head: the journal then leads the head by
-            # that one write, which the engine reconciles on resume (as for the file backend's window).
-            self.__dict__.update(max_batch=_REPLICATED_BATCH, journal_may_lead_head=_REPLICATED_BATCH)
+        # An append whose WAIT fell short is applied on the primary (step and head in one script) though
+        # the engine saw it fail: the engine re-reads the stored head before recording the attempt's end
+        # (`JournalRun._adopt_stored_progress`), so the journal never leads the head here.
         self.codec = codec or Codec()
         self.host, self.port, self.db = options["host"], options["port"], options["db"]
         self._ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))

@@ -1,0 +1,229 @@
+"""perdure's one generic Temporal workflow: run a registered agent, pause for approvals, continue.
+
+Why one generic workflow instead of one per agent: the user's agent module stays a plain pydantic-ai
+agent carrying `PerdureDurability()`; `TemporalEngine.bind` registers it by name in this process and
+the workflow looks it up there. Model requests and tool calls are Temporal activities (pydantic-ai's
+`TemporalDurability`); this workflow only adds the human-approval loop and the status memo.
+
+Sandbox: the worker passes the whole `perdure` package through Temporal's workflow sandbox (see
+`TemporalEngine.serve`), so the registry below is the worker's own, holding the agents the worker
+imported, and the user's app module is never re-imported inside the sandbox. Everything the workflow
+does between activities (running the agent graph) is deterministic pydantic-ai code.
+
+The status a client can see without a worker (paused, the pending calls) is kept in the workflow's
+memo under `MEMO_KEY`, so `describe` / `list` read it from Temporal's visibility.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic_ai.agent.abstract import AbstractAgent
+    from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+    from pydantic_ai.usage import UsageLimits
+    from pydantic_core import to_jsonable_python
+
+__all__ = [
+    "DECIDE_UPDATE",
+    "MEMO_KEY",
+    "WORKFLOW_NAME",
+    "AgentRunInput",
+    "AgentRunOutput",
+    "CallDecision",
+    "PendingToolCall",
+    "PerdureAgentWorkflow",
+    "RunMemo",
+    "register_agent",
+    "registered_agent",
+]
+
+WORKFLOW_NAME = "perdure.agent"
+"""Temporal workflow type of every perdure agent run (what `list` filters on)."""
+DECIDE_UPDATE = "perdure.decide"
+"""Update that records one approval decision of a paused run."""
+MEMO_KEY = "perdure"
+"""Memo entry with perdure's status (`running` / `paused`), the agent and the pending calls."""
+
+_agents: dict[str, AbstractAgent[Any, Any]] = {}
+_lock = threading.Lock()
+
+
+def register_agent(name: str, agent: AbstractAgent[Any, Any]) -> None:
+    """Make `agent` runnable by name in this process (called when its capability binds)."""
+    with _lock:
+        _agents[name] = agent
+
+
+def registered_agent(name: str) -> AbstractAgent[Any, Any] | None:
+    """The agent registered under `name` in this process, if any."""
+    with _lock:
+        return _agents.get(name)
+
+
+class AgentRunInput(BaseModel):
+    """What the workflow runs: JSON data only, so any worker can run it."""
+
+    agent: str
+    prompt: str
+    model: str | None = None
+    """Key of a model registered in the capability's `models=`, or a model-name string."""
+    model_settings: dict[str, Any] | None = None
+    usage_limits: dict[str, Any] | None = None
+    """Fields of pydantic-ai's `UsageLimits` (e.g. `{"request_limit": 200}`)."""
+
+
+class AgentRunOutput(BaseModel):
+    """The finished run: its output as JSON data and how it went."""
+
+    output: Any = None
+    approval_rounds: int = 0
+    requests: int = 0
+
+
+class PendingToolCall(BaseModel):
+    """A tool call of a paused run that waits for a human decision."""
+
+    tool_call_id: str
+    tool_name: str
+    args: Any = None
+
+
+class CallDecision(BaseModel):
+    """One human decision, sent with the `perdure.decide` update."""
+
+    tool_call_id: str
+    approved: bool
+    override_args: dict[str, Any] | None = None
+    message: str | None = None
+
+
+class RunMemo(BaseModel):
+    """perdure's state as kept in the workflow memo (readable without a worker)."""
+
+    agent: str
+    status: str = "running"
+    pending: list[PendingToolCall] = Field(default_factory=list)
+    round: int = 0
+    updated_at: str | None = None
+
+
+def _with_deferred(output_type: Any) -> Any:
+    """The agent's output types plus `DeferredToolRequests`, so approval-gated tools pause the run."""
+    items = (
+        list(output_type)
+        if isinstance(output_type, Sequence) and not isinstance(output_type, str)
+        else [output_type]
+    )
+    if DeferredToolRequests in items:
+        return None  # the agent's own output type already allows pausing
+    return [*items, DeferredToolRequests]
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class PerdureAgentWorkflow:
+    """Runs one agent to completion; approval-gated tool calls wait for `perdure.decide` updates."""
+
+    def __init__(self) -> None:
+        self._memo: RunMemo | None = None
+        self._decisions: dict[str, CallDecision] = {}
+
+    @workflow.run
+    async def run(self, request: AgentRunInput) -> AgentRunOutput:
+        """Run the agent; loop over approval rounds until it returns an output."""
+        agent = registered_agent(request.agent)
+        if agent is None:
+            raise ApplicationError(
+                f"Agent {request.agent!r} is not served by the worker on task queue "
+                f"{workflow.info().task_queue!r}: start `perdure worker --engine temporal --app "
+                f"module:agent` with the module that builds it (PERDURE_ENGINE=temporal or "
+                f"PerdureDurability(engine='temporal')).",
+                type="PerdureAgentNotRegistered",
+                non_retryable=True,
+            )
+        self._memo = RunMemo(agent=request.agent)
+        output_type = _with_deferred(agent.output_type)
+        limits = UsageLimits(**request.usage_limits) if request.usage_limits else None
+        prompt: str | None = request.prompt
+        history: Any = None
+        results: DeferredToolResults | None = None
+        requests = 0
+        runner: Any = agent  # run's overloads over output types are too many for mypy to check
+        while True:
+            result = await runner.run(
+                prompt,
+                message_history=history,
+                deferred_tool_results=results,
+                output_type=output_type,
+                model=request.model,
+                model_settings=request.model_settings,
+                usage_limits=limits,
+            )
+            requests += result.usage.requests
+            output = result.output
+            if not isinstance(output, DeferredToolRequests):
+                return AgentRunOutput(
+                    output=to_jsonable_python(output), approval_rounds=self._memo.round, requests=requests
+                )
+            if output.calls:
+                raise ApplicationError(
+                    f"Agent {request.agent!r} deferred tool calls to an external executor "
+                    f"({', '.join(c.tool_name for c in output.calls)}); the Temporal engine only supports "
+                    f"approvals (requires_approval=True / ApprovalRequired). Run such tools as activities.",
+                    type="PerdureExternalCallsUnsupported",
+                    non_retryable=True,
+                )
+            self._decisions = {}
+            pending = [
+                PendingToolCall(tool_call_id=c.tool_call_id, tool_name=c.tool_name, args=c.args_as_dict())
+                for c in output.approvals
+            ]
+            self._set_memo(status="paused", pending=pending, round=self._memo.round + 1)
+            await workflow.wait_condition(self._all_decided)
+            results = DeferredToolResults(approvals={p.tool_call_id: self._decision(p) for p in pending})
+            history = result.all_messages()
+            prompt = None
+
+    def _all_decided(self) -> bool:
+        assert self._memo is not None
+        return all(p.tool_call_id in self._decisions for p in self._memo.pending)
+
+    def _decision(self, call: PendingToolCall) -> bool | ToolApproved | ToolDenied:
+        decision = self._decisions[call.tool_call_id]
+        if not decision.approved:
+            return ToolDenied(decision.message) if decision.message else ToolDenied()
+        if decision.override_args is not None:
+            return ToolApproved(override_args=decision.override_args)
+        return True
+
+    def _set_memo(self, **changes: Any) -> None:
+        assert self._memo is not None
+        self._memo = self._memo.model_copy(update={**changes, "updated_at": workflow.now().isoformat()})
+        workflow.upsert_memo({MEMO_KEY: self._memo.model_dump(mode="json")})
+
+    @workflow.update(name=DECIDE_UPDATE)
+    def decide(self, decision: CallDecision) -> str:
+        """Record a decision; the last one of the round marks the run running again at once."""
+        self._decisions[decision.tool_call_id] = decision
+        assert self._memo is not None
+        if all(p.tool_call_id in self._decisions for p in self._memo.pending):
+            self._set_memo(status="running", pending=[])
+        return "recorded"
+
+    @decide.validator
+    def _check_decision(self, decision: CallDecision) -> None:
+        """Refuse decisions the run cannot use (not paused, unknown or already decided call)."""
+        memo = self._memo
+        if memo is None or memo.status != "paused":
+            raise ValueError("the run is not paused for approval")
+        ids = [p.tool_call_id for p in memo.pending]
+        if decision.tool_call_id not in ids:
+            raise ValueError(f"no pending call {decision.tool_call_id!r}; pending: {', '.join(ids)}")
+        if decision.tool_call_id in self._decisions:
+            raise ValueError(f"call {decision.tool_call_id!r} was already decided")
