@@ -24,6 +24,7 @@ from ..durable.recovery import AgentResolver, RecoveryOptions, RecoveryReport
 from ..settings import settings
 from ..storage import DurableExecutionStorage
 from ._app import EXIT_FAILURE, JsonOption, StorageOption, _query, _usage, app
+from ._engines import EngineOption, choose_engine, engine_action
 from ._format import _json, safe_text
 from ._resolve import build_resolver
 from ._worker import _allow_changes, summarize_report
@@ -144,11 +145,20 @@ def approve(
         typer.Option("--args", metavar="JSON", show_default=False, help="Edited arguments (a JSON object)."),
     ] = None,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
 ) -> None:
-    """Approve a pending tool call of a paused execution (recorded; the run continues when resumed)."""
+    """Approve a pending tool call of a paused execution (recorded; the run continues when resumed).
+
+    With `--engine temporal|dbos` the decision goes to the engine's waiting run (a Temporal update, a
+    DBOS message), which continues at once.
+    """
     override = _parse_json("--args", args)
     if override is not None and not isinstance(override, dict):
         _usage("--args: expected a JSON object of the tool's arguments")
+    engine_name = choose_engine(engine)
+    if engine_name != "embedded":
+        engine_action(engine_name, execution_id, "approve", call_id=call_id, args=override)
+        return
     outcome = _query(storage, lambda store: operations.approve(store, execution_id, call_id, override))
     _print(outcome.to_json(), _decision_line(outcome), as_json)
 
@@ -163,8 +173,16 @@ def deny(
         typer.Option("--message", show_default=False, help="What the model sees as the tool's result."),
     ] = None,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
 ) -> None:
-    """Deny a pending tool call of a paused execution (recorded; the run continues when resumed)."""
+    """Deny a pending tool call of a paused execution (recorded; the run continues when resumed).
+
+    With `--engine temporal|dbos` the decision goes to the engine's waiting run.
+    """
+    engine_name = choose_engine(engine)
+    if engine_name != "embedded":
+        engine_action(engine_name, execution_id, "deny", call_id=call_id, message=message)
+        return
     outcome = _query(storage, lambda store: operations.deny(store, execution_id, call_id, message))
     _print(outcome.to_json(), _decision_line(outcome), as_json)
 
@@ -205,8 +223,16 @@ def cancel(
         typer.Option(min=0, show_default=False, help="Seconds to wait for a running execution to stop."),
     ] = None,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
 ) -> None:
-    """Cancel an execution: at once when idle, at its next unit boundary when running."""
+    """Cancel an execution: at once when idle, at its next unit boundary when running.
+
+    With `--engine temporal|dbos|prefect` the engine cancels the run.
+    """
+    engine_name = choose_engine(engine)
+    if engine_name != "embedded":
+        engine_action(engine_name, execution_id, "cancel", reason=reason)
+        return
     outcome = _query(storage, lambda store: operations.cancel(store, execution_id, reason, wait=wait))
     lines = {
         "cancelled": f"{execution_id}: cancelled",

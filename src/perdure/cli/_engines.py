@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..engines import ENGINE_NAMES, Engine, get_engine, resolve_engine_name
-from ..errors import UserError
+from ..errors import PerdureError, UserError
 from ..settings import reset_settings
-from ._app import EXIT_STORAGE_NOT_FOUND, _usage
+from ._app import EXIT_STORAGE_NOT_FOUND, _exit_code, _fail, _usage
 from ._format import _SafeFormatter, safe_text
 from ._resolve import load_app
 
@@ -36,6 +36,7 @@ __all__ = [
     "NamespaceOption",
     "TaskQueueOption",
     "choose_engine",
+    "engine_action",
     "engine_agents",
     "engine_list",
     "engine_show",
@@ -177,9 +178,8 @@ def _engine_call(engine_name: str, call: Any) -> Any:
 
     try:
         return asyncio.run(run())
-    except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except PerdureError as exc:  # not found: 3, conflict: 4, configuration: 2, as for the embedded engine
+        _fail(exc, _exit_code(exc))
 
 
 def _agent_of(row: Mapping[str, Any]) -> str:
@@ -238,3 +238,20 @@ def engine_show(engine_name: str, execution_id: str, as_json: bool) -> None:
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         table.add_row(safe_text(key), safe_text(text))
     Console(highlight=False).print(table)
+
+
+def engine_action(engine_name: str, execution_id: str, action: str, **options: Any) -> None:
+    """`perdure approve|deny|cancel --engine NAME`: the decision or the cancel, sent through the engine."""
+
+    async def act(engine: Engine) -> None:
+        if action == "approve":
+            await engine.approve(execution_id, options["call_id"], args=options.get("args"))
+        elif action == "deny":
+            await engine.deny(execution_id, options["call_id"], message=options.get("message"))
+        else:
+            await engine.cancel(execution_id, options.get("reason") or "")
+
+    _engine_call(engine_name, act)
+    done = {"approve": "approved", "deny": "denied", "cancel": "cancel sent"}[action]
+    call = f" {options['call_id']}" if "call_id" in options else ""
+    typer.echo(safe_text(f"{execution_id}:{call} {done} through the {engine_name} engine"))

@@ -294,3 +294,45 @@ async def test_cli_list_and_show_read_dbos_workflows(engine: DBOSEngine, dbos_ur
     missing = invoke("show", "nope")
     assert missing.exit_code == 3
     assert "no execution 'nope' on the dbos engine" in missing.output
+
+
+async def test_cli_approve_deny_cancel_reach_the_waiting_dbos_run(engine: DBOSEngine, dbos_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from support.paths import ROOT
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:  # another process, as an operator's shell
+        env = {**os.environ, "PERDURE_ENGINE": "dbos", "PERDURE_DBOS_DATABASE_URL": dbos_url}
+        env["PYTHONPATH"] = str(ROOT / "src")
+        command = [sys.executable, "-m", "perdure.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    ledger: list[dict[str, Any]] = []
+    agent = approval_agent(ledger)
+    for execution_id in ("op-1", "op-2", "op-3"):
+        run = await DurableExecution(engine="dbos", execution_id=execution_id).run_agent_async(
+            agent, "clean up"
+        )
+        assert run.paused
+
+    approved = await asyncio.to_thread(cli, "approve", "op-1", "del-1", "--args", '{"path": "/tmp/z"}')
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert "op-1: del-1 approved through the dbos engine" in approved.stdout
+    assert (await engine.result("op-1")).output == "tool said: deleted /tmp/z"
+    assert ledger == [{"path": "/tmp/z"}]
+
+    denied = await asyncio.to_thread(cli, "deny", "op-2", "del-1", "--message", "not today")
+    assert denied.returncode == 0, denied.stdout + denied.stderr
+    assert (await engine.result("op-2")).status is ExecutionStatus.COMPLETED
+    assert ledger == [{"path": "/tmp/z"}]  # the denied call never ran
+
+    cancelled = await asyncio.to_thread(cli, "cancel", "op-3")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert (await engine.result("op-3")).status is ExecutionStatus.CANCELLED
+
+    again = await asyncio.to_thread(cli, "approve", "op-1", "del-1")
+    assert again.returncode == 4, again.stdout + again.stderr  # not waiting for a decision: a conflict
+    unknown = await asyncio.to_thread(cli, "cancel", "nope")
+    assert unknown.returncode == 3, unknown.stdout + unknown.stderr
