@@ -46,6 +46,7 @@ for _path in (ROOT / "src", ROOT / "tests"):
 from pydantic_ai import Agent  # noqa: E402
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart  # noqa: E402
 from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
+from pydantic_ai.usage import UsageLimits  # noqa: E402
 
 ALL = ("plain", "sqlite", "redis", "postgres", "dbos", "temporal")
 
@@ -159,18 +160,19 @@ async def main_async(args: argparse.Namespace) -> None:
 
         worker = asyncio.create_task(get_engine("temporal").serve([agents["temporal"]]))
 
+    limits = UsageLimits(request_limit=calls + 10)  # pydantic-ai's default stops a run at 50 requests
+
     def runner(engine: str) -> Callable[[], Awaitable[Any]]:
+        """One run of `engine`, as a new execution."""
         agent = agents[engine]
         prompt = f"look up {calls} records"
         if engine == "plain":
-            return lambda: agent.run(prompt)
+            return lambda: agent.run(prompt, usage_limits=limits)
         if engine in storages:
-            return lambda: DurableExecution(storages[engine], auto_cleanup=False).run_agent_async(
-                agent, prompt
-            )
-        return lambda: DurableExecution(
-            engine=engine, execution_id=f"bench-{uuid.uuid4().hex[:12]}"
-        ).run_agent_async(agent, prompt)
+            durable = DurableExecution(storages[engine], auto_cleanup=False)
+        else:
+            durable = DurableExecution(engine=engine, execution_id=f"bench-{uuid.uuid4().hex[:12]}")
+        return lambda: durable.run_agent_async(agent, prompt, usage_limits=limits)
 
     times: dict[str, list[float]] = {e: [] for e in engines}
     try:
