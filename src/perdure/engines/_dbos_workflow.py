@@ -14,7 +14,6 @@ stored: recovery rebuilds it by replaying the recorded model and tool steps.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from pydantic_core import to_jsonable_python
 
 from ..durable.decisions import approvals_from_json
 from ..errors import UnregisteredReferenceError, UserError
+from ._registry import AgentRegistry
 
 __all__ = [
     "DECISION_TOPIC",
@@ -42,20 +42,17 @@ STATUS_EVENT = "perdure.status"
 DECISION_TOPIC = "perdure.decision"
 _RECV_TIMEOUT = 3600.0  # each wait is a recorded step; a long pause just loops
 
-_agents: dict[str, AbstractAgent[Any, Any]] = {}
-_lock = threading.Lock()
+_agents = AgentRegistry()
 
 
 def register_agent(name: str, agent: AbstractAgent[Any, Any]) -> None:
     """Make `agent` runnable (and recoverable) by the `perdure.agent` workflow under `name`."""
-    with _lock:
-        _agents[name] = agent
+    _agents.register(name, agent)
 
 
 def registered_agent(name: str, execution_id: str | None = None) -> AbstractAgent[Any, Any]:
     """The agent registered under `name`; a typed error naming the execution when there is none."""
-    with _lock:
-        agent = _agents.get(name)
+    agent = _agents.get(name)
     if agent is None:
         raise UnregisteredReferenceError(
             execution_id,
@@ -71,10 +68,9 @@ def registered_agent(name: str, execution_id: str | None = None) -> AbstractAgen
 
 def agent_name_of(agent: AbstractAgent[Any, Any]) -> str:
     """The name an agent was registered under by `DBOSEngine.bind`."""
-    with _lock:
-        for name, known in _agents.items():
-            if known is agent:
-                return name
+    name = _agents.name_of(agent)
+    if name is not None:
+        return name
     raise UserError(
         f"Agent {agent.name!r} does not run on the DBOS engine: build it with "
         f"capabilities=[PerdureDurability(engine='dbos')] (or set PERDURE_ENGINE=dbos before it is built)."

@@ -9,7 +9,6 @@ result and runs only what had not finished.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from prefect import flow
@@ -18,6 +17,7 @@ from pydantic_ai.agent.abstract import AbstractAgent
 
 from ..errors import UserError
 from ..records import ExecutionStatus
+from ._registry import AgentRegistry
 
 __all__ = [
     "ACTIVE_STATES",
@@ -46,8 +46,7 @@ _STATUS: dict[StateType, ExecutionStatus] = {
     StateType.CANCELLED: ExecutionStatus.CANCELLED,
 }
 
-_agents: dict[str, AbstractAgent[Any, Any]] = {}
-_lock = threading.Lock()
+_agents = AgentRegistry()
 
 
 def status_of(state_type: StateType | None) -> ExecutionStatus:
@@ -59,18 +58,16 @@ def register_agent(agent: AbstractAgent[Any, Any]) -> None:
     """Make `agent` runnable by `perdure_agent_flow` in this process, under its name."""
     if not agent.name:
         raise UserError("An agent needs a stable `name` to run on the prefect engine.")
-    with _lock:
-        _agents[agent.name] = agent
+    _agents.register(agent.name, agent)
 
 
 def agent_for(name: str) -> AbstractAgent[Any, Any]:
     """The agent registered under `name` (a worker serves the agents it was given)."""
-    with _lock:
-        agent = _agents.get(name)
+    agent = _agents.get(name)
     if agent is None:
         raise UserError(
             f"Agent {name!r} is not served by this Prefect worker: pass it to "
-            f"`PrefectEngine.serve([...])` (served: {', '.join(sorted(_agents)) or 'none'})."
+            f"`PrefectEngine.serve([...])` (served: {', '.join(_agents.names()) or 'none'})."
         )
     return agent
 

@@ -16,7 +16,6 @@ memo under `MEMO_KEY`, so `describe` / `list` read it from Temporal's visibility
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
     from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
     from pydantic_ai.usage import UsageLimits
     from pydantic_core import to_jsonable_python
+
+    from ._registry import AgentRegistry
 
 __all__ = [
     "DECIDE_UPDATE",
@@ -51,20 +52,17 @@ DECIDE_UPDATE = "perdure.decide"
 MEMO_KEY = "perdure"
 """Memo entry with perdure's status (`running` / `paused`), the agent and the pending calls."""
 
-_agents: dict[str, AbstractAgent[Any, Any]] = {}
-_lock = threading.Lock()
+_agents = AgentRegistry()
 
 
 def register_agent(name: str, agent: AbstractAgent[Any, Any]) -> None:
     """Make `agent` runnable by name in this process (called when its capability binds)."""
-    with _lock:
-        _agents[name] = agent
+    _agents.register(name, agent)
 
 
 def registered_agent(name: str) -> AbstractAgent[Any, Any] | None:
     """The agent registered under `name` in this process, if any."""
-    with _lock:
-        return _agents.get(name)
+    return _agents.get(name)
 
 
 class AgentRunInput(BaseModel):
