@@ -22,6 +22,7 @@ environment, `perdure.toml`, `pyproject.toml`, the defaults.
     temporal_activity_timeout  seconds an activity may run per attempt (engine `temporal`, default 60)
     temporal_heartbeat_timeout seconds without a heartbeat before an activity is retried elsewhere
     temporal_sticky_timeout    seconds a workflow task waits for the worker that ran it last
+    temporal_max_history       history events after which a run continues as new (engine `temporal`)
     dbos_database_url          DBOS system database, `sqlite:///...` or `postgresql://...` (engine `dbos`)
 
 `settings()` returns the cached settings of this process (`settings(reload=True)` reads them
@@ -147,6 +148,11 @@ class PerdureSettings(BaseSettings):
         default=None,
         gt=0,
         description="Seconds a workflow task waits for its last worker [Temporal: 10] (engine temporal).",
+    )
+    temporal_max_history: int | None = Field(
+        default=None,
+        gt=0,
+        description="History events after which a run continues as new [when Temporal suggests] (temporal).",
     )
     dbos_database_url: str | None = Field(
         default=None,

@@ -19,7 +19,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from perdure.durable.capability import PerdureDurability
 from perdure.durable.retry import RetryPolicy
 
-__all__ = ["AGENTS", "approval", "basic", "failing", "slow"]
+__all__ = ["AGENTS", "approval", "basic", "failing", "long", "slow"]
 
 
 def _append(variable: str, line: str) -> None:
@@ -101,4 +101,27 @@ async def explode() -> str:
     raise RuntimeError("boom")
 
 
-AGENTS = [basic, approval, slow, failing]
+def _steps(count: int) -> FunctionModel:
+    """A model that calls `step` `count` times in a row (one call per response), then answers."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = len(_returns(messages))
+        _append("PERDURE_TEST_REQUESTS", f"long request {done}")
+        if done < count:
+            return ModelResponse(parts=[ToolCallPart("step", {"i": done}, tool_call_id=f"long-{done}")])
+        return ModelResponse(parts=[TextPart(f"{done} steps")])
+
+    return FunctionModel(respond, model_name="long-model")
+
+
+long = Agent(_steps(8), name="long", capabilities=[PerdureDurability()])
+
+
+@long.tool_plain
+async def step(i: int) -> int:
+    """One step of a long run."""
+    _append("PERDURE_TEST_LEDGER", f"step {i}")
+    return i
+
+
+AGENTS = [basic, approval, slow, failing, long]

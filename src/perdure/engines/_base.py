@@ -50,6 +50,8 @@ class EngineOptions:
             going to any worker (how fast a run moves on after its worker died); None: Temporal's 10 s
             (setting `PERDURE_TEMPORAL_STICKY_TIMEOUT`).
         temporal_connect_timeout: Seconds to wait for the Temporal server when connecting.
+        temporal_max_history: History events after which a run continues as new before its next
+            model request; None: when Temporal suggests it (setting `PERDURE_TEMPORAL_MAX_HISTORY`).
         dbos_database_url: DBOS system database (`sqlite:///...` or `postgresql://...`); None lets
             the DBOS adapter pick `sqlite:///perdure-dbos.sqlite` in the current directory.
         dbos_app_name: DBOS application name (its workflows recover by application version).
@@ -65,6 +67,7 @@ class EngineOptions:
     temporal_heartbeat_timeout: float | None = None
     temporal_sticky_queue_timeout: float | None = None
     temporal_connect_timeout: float = 10.0
+    temporal_max_history: int | None = None
     dbos_database_url: str | None = None
     dbos_app_name: str = "perdure"
     dbos_application_version: str | None = None
@@ -82,6 +85,7 @@ class EngineOptions:
             "temporal_activity_timeout": current.temporal_activity_timeout,
             "temporal_heartbeat_timeout": current.temporal_heartbeat_timeout,
             "temporal_sticky_queue_timeout": current.temporal_sticky_timeout,
+            "temporal_max_history": current.temporal_max_history,
             "dbos_database_url": current.dbos_database_url,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})

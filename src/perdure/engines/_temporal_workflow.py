@@ -17,14 +17,19 @@ memo under `MEMO_KEY`, so `describe` / `list` read it from Temporal's visibility
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic_ai import RunContext
     from pydantic_ai.agent.abstract import AbstractAgent
+    from pydantic_ai.capabilities.abstract import AbstractCapability
+    from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+    from pydantic_ai.models import ModelRequestContext
     from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
     from pydantic_ai.usage import UsageLimits
     from pydantic_core import to_jsonable_python
@@ -38,6 +43,7 @@ __all__ = [
     "AgentRunInput",
     "AgentRunOutput",
     "CallDecision",
+    "ContinueAsNewWhenLong",
     "PendingToolCall",
     "PerdureAgentWorkflow",
     "RunMemo",
@@ -75,6 +81,16 @@ class AgentRunInput(BaseModel):
     model_settings: dict[str, Any] | None = None
     usage_limits: dict[str, Any] | None = None
     """Fields of pydantic-ai's `UsageLimits` (e.g. `{"request_limit": 200}`)."""
+    message_history: list[Any] | None = None
+    """A run continued as new: the messages so far (JSON), ending with the request to send next."""
+    approval_rounds: int = 0
+    requests: int = 0
+    """Model requests of the earlier runs of this workflow (continued as new), counted on."""
+    continued: int = 0
+    """How many times this workflow continued as new."""
+    max_history: int | None = None
+    """History events after which the run continues as new (the starting client's setting); None:
+    when Temporal suggests it."""
 
 
 class AgentRunOutput(BaseModel):
@@ -112,6 +128,38 @@ class RunMemo(BaseModel):
     updated_at: str | None = None
 
 
+_RUNNING: ContextVar[PerdureAgentWorkflow | None] = ContextVar("perdure_temporal_workflow", default=None)
+
+
+class ContinueAsNewWhenLong(AbstractCapability[Any]):
+    """Continue a long run as a new workflow run before a model request, so its history stays bounded.
+
+    Temporal caps a history (50,000 events, 50 MB) and every model request activity carries the
+    whole conversation, so a long agent run would reach the cap. Before a model request, when
+    Temporal suggests it or the history has `max_history` events, the workflow continues as new with
+    the messages so far (ending with the request about to be sent): finished tool calls and model
+    requests are in those messages and never run again. The first request of a run never continues,
+    so a small `max_history` cannot loop. The threshold travels in the workflow input (set by the
+    client that started the run), so every worker and every continuation applies the same one.
+    """
+
+    async def before_model_request(
+        self, ctx: RunContext[Any], request_context: ModelRequestContext
+    ) -> ModelRequestContext:
+        """Continue as new here when the history is long (workflow code only)."""
+        if not workflow.in_workflow() or ctx.usage.requests < 1:
+            return request_context
+        run = _RUNNING.get()
+        if run is None:
+            return request_context
+        info = workflow.info()
+        limit = run.max_history
+        long = limit is not None and info.get_current_history_length() >= limit
+        if long or info.is_continue_as_new_suggested():
+            run.continue_as_new(request_context.messages, ctx.usage.requests)
+        return request_context
+
+
 def _with_deferred(output_type: Any) -> Any:
     """The agent's output types plus `DeferredToolRequests`, so approval-gated tools pause the run."""
     items = (
@@ -131,10 +179,14 @@ class PerdureAgentWorkflow:
     def __init__(self) -> None:
         self._memo: RunMemo | None = None
         self._decisions: dict[str, CallDecision] = {}
+        self._request = AgentRunInput(agent="", prompt="")
+        self._requests_before = 0
 
     @workflow.run
     async def run(self, request: AgentRunInput) -> AgentRunOutput:
         """Run the agent; loop over approval rounds until it returns an output."""
+        _RUNNING.set(self)  # for `ContinueAsNewWhenLong`, in this workflow's own task context
+        self._request = request
         agent = registered_agent(request.agent)
         if agent is None:
             raise ApplicationError(
@@ -145,13 +197,15 @@ class PerdureAgentWorkflow:
                 type="PerdureAgentNotRegistered",
                 non_retryable=True,
             )
-        self._memo = RunMemo(agent=request.agent)
+        self._memo = RunMemo(agent=request.agent, round=request.approval_rounds)
         output_type = _with_deferred(agent.output_type)
         limits = UsageLimits(**request.usage_limits) if request.usage_limits else None
-        prompt: str | None = request.prompt
         history: Any = None
+        if request.message_history:  # continued as new: go on from the last request
+            history = ModelMessagesTypeAdapter.validate_python(request.message_history)
+        prompt: str | None = None if history else request.prompt
         results: DeferredToolResults | None = None
-        requests = 0
+        requests = self._requests_before = request.requests
         runner: Any = agent  # run's overloads over output types are too many for mypy to check
         while True:
             result = await runner.run(
@@ -164,6 +218,7 @@ class PerdureAgentWorkflow:
                 usage_limits=limits,
             )
             requests += result.usage.requests
+            self._requests_before = requests
             output = result.output
             if not isinstance(output, DeferredToolRequests):
                 return AgentRunOutput(
@@ -187,6 +242,24 @@ class PerdureAgentWorkflow:
             results = DeferredToolResults(approvals={p.tool_call_id: self._decision(p) for p in pending})
             history = result.all_messages()
             prompt = None
+
+    @property
+    def max_history(self) -> int | None:
+        """History events after which this run continues as new (None: when Temporal suggests)."""
+        return self._request.max_history
+
+    def continue_as_new(self, messages: Sequence[ModelMessage], requests: int) -> NoReturn:
+        """Continue this workflow as a new run that goes on from `messages` (history stays bounded)."""
+        assert self._memo is not None
+        request = self._request.model_copy(
+            update={
+                "message_history": ModelMessagesTypeAdapter.dump_python(list(messages), mode="json"),
+                "approval_rounds": self._memo.round,
+                "requests": self._requests_before + requests,
+                "continued": self._request.continued + 1,
+            }
+        )
+        workflow.continue_as_new(request, memo={MEMO_KEY: self._memo.model_dump(mode="json")})
 
     def _all_decided(self) -> bool:
         assert self._memo is not None

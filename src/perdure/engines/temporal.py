@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.capabilities.abstract import AbstractCapability
+from pydantic_ai.capabilities.combined import CombinedCapability
 from pydantic_ai.durable_exec.temporal import PydanticAIPlugin, TemporalDurability
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests
@@ -54,6 +55,7 @@ from ._temporal_workflow import (
     WORKFLOW_NAME,
     AgentRunOutput,
     CallDecision,
+    ContinueAsNewWhenLong,
     RunMemo,
     register_agent,
 )
@@ -97,7 +99,7 @@ class TemporalEngine(Engine):
         )
         bound = durability.for_agent(agent)
         register_agent(capability.name or agent.name or "", agent)
-        return bound
+        return CombinedCapability([ContinueAsNewWhenLong(), bound])
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class TemporalEngine(Engine):
                 f"PerdureDurability(engine='temporal')."
             )
         request = run_input(name.name, prompt, execution_id, run_kwargs)
+        request.max_history = self.options.temporal_max_history
         client = await self.client()
         with contextlib.suppress(WorkflowAlreadyStartedError):  # closed with this id: join it, never rerun
             await client.start_workflow(

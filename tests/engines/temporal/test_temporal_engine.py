@@ -7,6 +7,7 @@ makes them Temporal agents. Counts come from the ledger/requests files the tools
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from pathlib import Path
@@ -223,3 +224,36 @@ def test_perdure_retry_policies_map_to_activity_retry_policies(temporal_env: str
     assert base["start_to_close_timeout"].total_seconds() == 5
     assert base["heartbeat_timeout"].total_seconds() == 1 and model["heartbeat_timeout"].total_seconds() == 1
     assert model["retry_policy"].maximum_attempts == 0  # Temporal's default (unlimited), not the tools'
+
+
+async def test_a_long_run_continues_as_new_and_runs_nothing_twice(
+    app: ModuleType, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERDURE_TEMPORAL_MAX_HISTORY", "20")  # a handful of activities per run
+    from perdure.settings import reset_settings
+
+    reset_settings()
+    forget_engines()
+    engine = get_engine("temporal")
+    assert isinstance(engine, TemporalEngine) and engine.options.temporal_max_history == 20
+    serving = asyncio.ensure_future(engine.serve(app.AGENTS))
+    try:
+        execution = DurableExecution(engine="temporal", execution_id=_id("long"))
+        run = await execution.run_agent_async(app.long, "take eight steps")
+        assert run.status is ExecutionStatus.COMPLETED and run.output == "8 steps"
+        assert lines(files["ledger"]) == [f"step {i}" for i in range(8)]  # each tool call once
+        assert lines(files["requests"]) == [f"long request {i}" for i in range(9)]  # each request once
+        client = await engine.client()
+        runs = [
+            w async for w in client.list_workflows(f"WorkflowId = '{execution.execution_id}'")
+        ]  # one Temporal run per continuation, all closed
+        assert len(runs) >= 3, [r.status for r in runs]  # 5 here: 9 requests, about 20 events each
+        history = await client.get_workflow_handle(execution.execution_id).fetch_history()
+        assert len(history.events) < 40  # the last run's history only: bounded, not 8 units' worth
+        info = await engine.describe(execution.execution_id)
+        assert info is not None and info["status"] == "completed"
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await engine.close()
