@@ -232,3 +232,41 @@ def test_the_storage_password_is_masked(postgres_dsn: str) -> None:
         assert page.status_code == 200
         assert "hunter2-secret" not in page.text and "postgres:***@" in page.text
         assert "ui-banker" in page.text
+
+
+def test_calls_decided_elsewhere_are_shown_decided_not_offered_again(tmp_path: Any) -> None:
+    from perdure import operations as ops
+    from perdure.storage.sqlite import SQLiteDurableStorage
+    from support import actions_app
+
+    path = tmp_path / "partial.db"
+
+    async def setup() -> None:
+        storage = SQLiteDurableStorage(path)
+        try:
+            await actions_app.start(storage, "approvals", "ap")  # waits on call-0-0 and call-0-1
+            await ops.approve(storage, "ap", "call-0-0", {"amount": 50, "to": "bob"})  # `perdure approve`
+        finally:
+            await storage.close_async()
+
+    run_async(setup)
+    url = f"sqlite:///{path}"
+    from typer.testing import CliRunner
+
+    from perdure.cli import app
+
+    shown = CliRunner().invoke(app, ["show", "ap", "-s", url], env={"COLUMNS": "100"})
+    assert "call call-0-0  (already approved with edited arguments)" in shown.output, shown.output
+    assert "call call-0-1\n" in shown.output
+    with DashboardServer(url) as server, _client(server) as client:
+        page = client.get("/executions/ap").text
+        assert "already approved with edited arguments" in page
+        assert 'name="decision:call-0-0"' not in page  # not offered again: a resubmit would conflict
+        assert 'name="decision:call-0-1"' in page
+        csrf = _csrf(client, "/executions/ap")
+        sent = client.post(
+            "/executions/ap/decide",
+            data={"csrf": csrf, "decision:call-0-1": "deny", "message:call-0-1": "no"},
+        )
+        assert sent.status_code == 303, sent.text
+    assert _head(url, "ap").status is ExecutionStatus.SUCCESS  # the round is complete: resumable

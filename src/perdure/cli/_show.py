@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..durable._operator import decided_calls
 from ..records import ExecutionRecord, ExecutionStatus, StepRecord, utcnow
 from ..storage import DurableExecutionStorage
 from ._app import EXIT_FAILURE, JsonOption, StorageOption, _query, app
@@ -120,18 +121,20 @@ def _head_fields(head: ExecutionRecord, journal: list[StepRecord]) -> list[tuple
     return [(label, value) for label, value in fields if value]
 
 
-def _pending_lines(head: ExecutionRecord) -> list[str]:
+def _pending_lines(head: ExecutionRecord, journal: list[StepRecord]) -> list[str]:
     """What a paused run waits for: the decision, then each call with its arguments (JSON)."""
     pending = head.pending
     if pending is None:
         return []
+    decided = decided_calls(head, journal)
     what = {
         "approval": "approval (approve or deny each call)",
         "non_idempotent": "a decision on an interrupted non-idempotent call (done, rerun or abort)",
     }.get(pending.kind, pending.kind)
     lines = [f"waiting for {what}:"]
     for call in pending.calls:
-        lines.append(f"  {call.tool_name}  call {call.tool_call_id}")
+        done = f"  (already {decided[call.tool_call_id]})" if call.tool_call_id in decided else ""
+        lines.append(f"  {call.tool_name}  call {call.tool_call_id}{done}")
         lines.append(f"    args {_json(call.args, compact=True)}")
     return lines
 
@@ -219,7 +222,7 @@ def show(
         return
     console = Console(highlight=False)
     console.print(_kv_table(_head_fields(head, journal)))
-    for line in _pending_lines(head):
+    for line in _pending_lines(head, journal):
         console.print(Text(safe_text(line), overflow="fold"))
     hidden = len(rows) - len(shown)
     title = f"journal: {_entries(len(rows))}" if rows else "journal: no entries yet"

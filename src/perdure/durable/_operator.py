@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_ai.tools import ToolApproved, ToolDenied
+
 from ..errors import (
     ExecutionAborted,
     ExecutionCancelledError,
@@ -36,7 +38,7 @@ from .checkpoints import effective_journal
 from .decisions import ApprovalDecision, ToolResolution, approvals_from_json, approvals_to_json
 from .leases import acquire_lease, default_worker_id
 
-__all__ = ["DecisionOutcome", "record_approval", "record_resolution", "recorded_approvals"]
+__all__ = ["DecisionOutcome", "decided_calls", "record_approval", "record_resolution", "recorded_approvals"]
 
 _LEASE = 30.0
 _APPROVAL = "approval:"
@@ -119,6 +121,19 @@ def recorded_approvals(head: ExecutionRecord, journal: list[StepRecord]) -> dict
         return {}
     recorded = _recorded(journal, pending.round + 1)
     return dict(approvals_from_json(recorded).approvals) if recorded else {}
+
+
+def decided_calls(head: ExecutionRecord, journal: list[StepRecord]) -> dict[str, str]:
+    """The paused round's calls already decided, as an operator reads them (`approved`, `denied`, ...)."""
+    texts: dict[str, str] = {}
+    for call_id, decision in recorded_approvals(head, journal).items():
+        if isinstance(decision, ToolDenied) or decision is False or isinstance(decision, str):
+            texts[call_id] = "denied"
+        elif isinstance(decision, ToolApproved) and decision.override_args is not None:
+            texts[call_id] = "approved with edited arguments"
+        else:
+            texts[call_id] = "approved"
+    return texts
 
 
 async def record_approval(

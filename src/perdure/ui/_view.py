@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from ..durable._keys import attempt_unit, is_round_key, parse_call_key
+from ..durable._operator import decided_calls
 from ..records import ExecutionRecord, ExecutionStatus, StepKind, StepRecord, utcnow
 from ._queries import is_running
 
@@ -105,6 +106,8 @@ class ExecutionView:
     tokens_used: int = 0
     fork_points: list[int] = field(default_factory=list)
     pending_args: dict[str, str] = field(default_factory=dict)
+    decided: dict[str, str] = field(default_factory=dict)
+    """Pending calls of the round already decided elsewhere (`perdure approve`, another page)."""
 
 
 def _tool_name(step: StepRecord) -> str:
@@ -237,6 +240,7 @@ def execution_view(
             call.tool_call_id: pretty(call.args if call.args is not None else {})
             for call in head.pending.calls
         }
+        view.decided = decided_calls(head, journal)
     return view
 
 
