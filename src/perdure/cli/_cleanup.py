@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import UserError
 from ..records import utcnow
 from ..storage import DurableExecutionStorage
-from ..storage.base import retention_days, retention_keep
+from ..storage.base import cleanup_executions, retention_days, retention_keep
 from ._app import JsonOption, StorageOption, _query, _usage, app
 from ._format import _json, safe_text
 
@@ -60,7 +60,7 @@ async def _clean(
     while True:
         # The same cutoff for every batch: executions that grow old meanwhile wait for the next run.
         span = max((utcnow() - cutoff) / timedelta(days=1), days)
-        done = await store.cleanup_old_executions_async(span, keep_statuses=keep, limit=batch_size)
+        done = await cleanup_executions(store, span, keep_statuses=keep, limit=batch_size)
         deleted += done
         if progress is not None and task is not None:
             progress.update(task, advance=done)

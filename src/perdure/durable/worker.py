@@ -40,7 +40,7 @@ from .._sync import run_sync
 from ..alerts import AlertEvaluator, AlertRule
 from ..errors import UserError
 from ..records import ExecutionRecord, ExecutionStatus
-from ..storage.base import DurableExecutionStorage
+from ..storage.base import DurableExecutionStorage, cleanup_executions
 from ..storage.base import retention_keep as retention_keep_statuses
 from .identity import normalize_allow_changes
 from .leases import DEFAULT_LEASE_TTL, default_worker_id
@@ -292,8 +292,8 @@ class Worker:
         if self.retention_days is None:
             return
         try:
-            removed = await self.storage.cleanup_old_executions_async(
-                self.retention_days, keep_statuses=self.retention_keep
+            removed = await cleanup_executions(
+                self.storage, self.retention_days, keep_statuses=self.retention_keep
             )
         except Exception as exc:  # storage down: recovery goes on, the next cleanup tries again
             logger.error("cleanup of executions older than %g day(s) failed: %s", self.retention_days, exc)
@@ -309,7 +309,7 @@ class Worker:
         """Delete completed executions that completed more than `ttl` seconds ago."""
         others = [status for status in ExecutionStatus if status is not ExecutionStatus.COMPLETED]
         try:
-            removed = await self.storage.cleanup_old_executions_async(ttl / 86400, keep_statuses=others)
+            removed = await cleanup_executions(self.storage, ttl / 86400, keep_statuses=others)
         except Exception as exc:  # storage down: recovery goes on, the next cleanup tries again
             logger.error("expiry of completed executions older than %gs failed: %s", ttl, exc)
             return

@@ -43,6 +43,7 @@ guarantees they implement. Backend-specific code lives in each backend's module.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -88,6 +89,7 @@ __all__ = [
     "DurableExecutionStorage",
     "DurableStorage",
     "check_journal_seqs",
+    "cleanup_executions",
     "retention_days",
     "retention_keep",
     "validate_identifier",
@@ -98,6 +100,40 @@ logger = logging.getLogger("perdure.storage")
 _Row = TypeVar("_Row")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always `fullmatch`: `$` lets a trailing newline in
+
+
+async def cleanup_executions(
+    storage: DurableExecutionStorage,
+    older_than_days: float | None,
+    *,
+    keep_statuses: Iterable[ExecutionStatus | str] | str | None = None,
+    limit: int | None = None,
+) -> int:
+    """`storage.cleanup_old_executions_async` with only the options that backend's method takes.
+
+    A custom backend written before `keep_statuses` and `limit` existed overrides the method with
+    `(self, older_than_days)`; the CLI, the worker and the dashboard call it through here, so such a
+    backend keeps working (a cleanup without a limit deletes in one call) instead of failing with a
+    TypeError. Keeping statuses is never silently dropped: then the error names the backend and the
+    signature to add.
+    """
+    method = storage.cleanup_old_executions_async
+    parameters = inspect.signature(method).parameters
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options: dict[str, Any] = {}
+    if any_keyword or "keep_statuses" in parameters:
+        options["keep_statuses"] = keep_statuses
+    elif retention_keep(keep_statuses):
+        raise UserError(
+            f"{type(storage).__name__}.cleanup_old_executions_async does not take keep_statuses, so it "
+            f"cannot keep {', '.join(sorted(retention_keep(keep_statuses)))} executions: add "
+            f"`*, keep_statuses=None, limit=None` to its signature (see DurableExecutionStorage), or clean "
+            f"up without kept statuses."
+        )
+    if any_keyword or "limit" in parameters:
+        options["limit"] = limit
+    deleted: int = await method(older_than_days, **options)
+    return deleted
 
 
 def validate_identifier(value: str, what: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from .. import operations
 from ..storage import DurableExecutionStorage
+from ..storage.base import cleanup_executions
 
 __all__ = ["QUICK_FAILURE", "ActionError", "Operator", "Outcome"]
 
@@ -152,5 +153,5 @@ class Operator:
 
     async def cleanup(self, older_than_days: float) -> Outcome:
         """Delete executions last updated more than `older_than_days` ago (retention statuses kept)."""
-        deleted = await self.storage.cleanup_old_executions_async(older_than_days)
+        deleted = await cleanup_executions(self.storage, older_than_days)
         return Outcome(f"cleanup: {deleted} executions deleted")
