@@ -284,14 +284,24 @@ class NonIdempotentReplayError(PerdureError):
     """A non-idempotent tool call started but its result was never journaled (crash in between)."""
 
     def __init__(
-        self, execution_id: str, tool_name: str, tool_call_id: str, args: Any, *, seq: int | None = None
+        self,
+        execution_id: str,
+        tool_name: str,
+        tool_call_id: str,
+        args: Any,
+        *,
+        seq: int | None = None,
+        remedy: str | None = None,
     ) -> None:
+        remedy = remedy or (
+            f"Check the external system, then resume with resolutions={{{tool_call_id!r}: ...}}: "
+            f"ToolResolution.done(result) if it took effect, ToolResolution.rerun() to call it again, or "
+            f"ToolResolution.abort() to cancel the execution."
+        )
         super().__init__(
             f"Execution {execution_id!r}: non-idempotent tool {tool_name!r} (call {tool_call_id!r}, "
             f"args {args!r}) started but its result was never recorded, so it may or may not have taken "
-            f"effect. perdure will not run it again on its own. Check the external system, then resume "
-            f"with resolutions={{{tool_call_id!r}: ...}}: ToolResolution.done(result) if it took effect, "
-            f"ToolResolution.rerun() to call it again, or ToolResolution.abort() to cancel the execution.",
+            f"effect. perdure will not run it again on its own. {remedy}",
             execution_id=execution_id,
             step=f"tool:{tool_name}",
         )

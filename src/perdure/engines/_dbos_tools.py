@@ -38,7 +38,7 @@ from pydantic_ai.tools import ToolDefinition
 from ..durable.capability import tool_step_config
 from ..durable.retry import RetryPolicy, call_with_retry
 from ..durable.step_context import STEP, StepContext
-from ..errors import NonIdempotentReplayError, PerdureError
+from ..errors import NonIdempotentReplayError
 
 __all__ = ["DBOSNonIdempotentReplayError", "DBOSToolSteps", "in_dbos_workflow"]
 
@@ -52,21 +52,19 @@ class DBOSNonIdempotentReplayError(NonIdempotentReplayError):
     """
 
     def __init__(self, execution_id: str, tool_name: str, tool_call_id: str, args: Any, *, seq: int) -> None:
-        PerdureError.__init__(
-            self,
-            f"Execution {execution_id!r}: non-idempotent tool {tool_name!r} (call {tool_call_id!r}, args "
-            f"{args!r}) started but its result was never recorded (the DBOS worker stopped during the "
-            f"call), so it may or may not have taken effect. perdure does not run it again on its own; "
-            f"the DBOS workflow failed here. Check the external system. To call it again, fork the "
-            f"workflow from its started marker: DBOS.fork_workflow({execution_id!r}, start_step={seq}) "
-            f"(`dbos workflow fork {execution_id} --step {seq}`); to skip it, start a new execution.",
-            execution_id=execution_id,
-            step=f"tool:{tool_name}",
+        super().__init__(
+            execution_id,
+            tool_name,
+            tool_call_id,
+            args,
+            seq=seq,
+            remedy=(
+                f"The DBOS worker stopped during the call and the workflow failed here. Check the "
+                f"external system. To call it again, fork the workflow from its started marker: "
+                f"DBOS.fork_workflow({execution_id!r}, start_step={seq}) (`dbos workflow fork "
+                f"{execution_id} --step {seq}`); to skip it, start a new execution."
+            ),
         )
-        self.tool_name = tool_name
-        self.tool_call_id = tool_call_id
-        self.tool_args = args
-        self.seq = seq
 
 
 def in_dbos_workflow() -> bool:
