@@ -24,6 +24,7 @@ environment, `perdure.toml`, `pyproject.toml`, the defaults.
     temporal_sticky_timeout    seconds a workflow task waits for the worker that ran it last
     temporal_max_history       history events after which a run continues as new (engine `temporal`)
     dbos_database_url          DBOS system database, `sqlite:///...` or `postgresql://...` (engine `dbos`)
+    dbos_queue                 DBOS queue that clients enqueue runs on and workers take them from
 
 `settings()` returns the cached settings of this process (`settings(reload=True)` reads them
 again, `reset_settings()` makes the next call read them); `describe()` lists each setting's
@@ -157,6 +158,11 @@ class PerdureSettings(BaseSettings):
     dbos_database_url: str | None = Field(
         default=None,
         description="DBOS system database URL, sqlite:///... or postgresql://... (engine dbos).",
+    )
+
+    dbos_queue: str | None = Field(
+        default=None,
+        description="DBOS queue clients enqueue runs on; perdure worker --engine dbos runs them (dbos).",
     )
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

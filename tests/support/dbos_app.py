@@ -3,7 +3,7 @@
 It uses only `PerdureDurability()`: the engine comes from `PERDURE_ENGINE=dbos` (set by the parent),
 so this is exactly what a user's module looks like. Usage:
 
-    python tests/support/dbos_app.py run|recover DATABASE_URL EXECUTION_ID
+    python tests/support/dbos_app.py run|recover|enqueue DATABASE_URL EXECUTION_ID
 
 Environment: `LEDGER` (every tool execution appends `<tool> <i> <idempotency key>`), `REQUESTS`
 (every model request appends the number of tool results it saw), `CALLS` (tool calls in the run),
@@ -12,7 +12,9 @@ its ledger line), `HANG_AT` (call index that hangs for 60 s after its ledger lin
 file `HANG_ONCE` is removed first, so a recovered re-run does not hang).
 
 `run` starts the run and waits for it (the parent kills it midway); `recover` launches DBOS in a new
-process, which recovers the PENDING run, and prints the final `EngineRun` as one JSON line.
+process, which recovers the PENDING run, and prints the final `EngineRun` as one JSON line;
+`enqueue` puts the run on the DBOS queue `QUEUE` without launching DBOS here and waits for a
+worker (`perdure worker --engine dbos --app dbos_app:agent`) to run it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from perdure.durable.capability import PerdureDurability
 from perdure.durable.execution import DurableExecution
 from perdure.durable.step_context import current_step
 from perdure.engines import EngineOptions
+from perdure.engines import _dbos_runtime as runtime
 
 CALLS = int(os.environ.get("CALLS", "10"))
 TOOL = os.environ.get("TOOL", "step")
@@ -90,12 +93,15 @@ agent = Agent(
 
 
 async def main(mode: str, url: str, execution_id: str) -> None:
-    durable = DurableExecution(
-        engine="dbos", engine_options=EngineOptions(dbos_database_url=url), execution_id=execution_id
+    options = EngineOptions(
+        dbos_database_url=url, dbos_queue=os.environ.get("QUEUE") if mode == "enqueue" else None
     )
+    durable = DurableExecution(engine="dbos", engine_options=options, execution_id=execution_id)
     engine = durable.engine
     try:
-        if mode == "run":
+        if (
+            mode == "enqueue" or mode == "run"
+        ):  # a pure client: the run goes to the queue, a worker process runs it
             run = await durable.run_agent_async(agent, "go", usage_limits=UsageLimits(request_limit=None))
         else:
             engine.launch()  # recovers the PENDING run in the background
@@ -106,6 +112,7 @@ async def main(mode: str, url: str, execution_id: str) -> None:
             "output": run.output,
             "error": run.error,
             "error_type": (info or {}).get("error_details", {}) and info["error_details"]["type"],
+            "launched_here": runtime.launched_key() is not None,
         }
         print(json.dumps(out), flush=True)
     finally:

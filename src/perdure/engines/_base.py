@@ -57,6 +57,9 @@ class EngineOptions:
         dbos_app_name: DBOS application name (its workflows recover by application version).
         dbos_application_version: DBOS application version; None lets DBOS hash the registered
             workflow code (recovery only resumes runs of the same version).
+        dbos_queue: A DBOS queue: clients enqueue runs on it (nothing runs in the starting process)
+            and `perdure worker --engine dbos` takes them; None runs each run in the process that
+            starts it (setting `PERDURE_DBOS_QUEUE`).
 
     """
 
@@ -71,6 +74,7 @@ class EngineOptions:
     dbos_database_url: str | None = None
     dbos_app_name: str = "perdure"
     dbos_application_version: str | None = None
+    dbos_queue: str | None = None
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> EngineOptions:
@@ -87,6 +91,7 @@ class EngineOptions:
             "temporal_sticky_queue_timeout": current.temporal_sticky_timeout,
             "temporal_max_history": current.temporal_max_history,
             "dbos_database_url": current.dbos_database_url,
+            "dbos_queue": current.dbos_queue,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)

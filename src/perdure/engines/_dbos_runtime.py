@@ -39,6 +39,7 @@ class RuntimeKey:
 
 
 _lock = threading.Lock()
+_queues: set[str] = set()
 _launched: RuntimeKey | None = None
 
 
@@ -88,6 +89,14 @@ def ensure_launched(key: RuntimeKey, extra: dict[str, Any] | None = None) -> Non
                 f"(PERDURE_DBOS_DATABASE_URL) and that the database server is reachable.",
             ) from err
         _launched = key
+
+
+async def declare_queue(name: str) -> None:
+    """Register the DBOS queue `name` (after the launch: DBOS stores queues in its system database)."""
+    if name in _queues:
+        return
+    await DBOS.register_queue_async(name, polling_interval_sec=0.2)
+    _queues.add(name)
 
 
 def destroy() -> None:

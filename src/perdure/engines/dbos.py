@@ -19,15 +19,18 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from dbos import DBOS, DBOSClient, SetWorkflowID
+from dbos import DBOS, DBOSClient, EnqueueOptions, SetWorkflowID
 from pydantic_ai.capabilities import CombinedCapability
 from pydantic_ai.durable_exec.dbos import DBOSDurability, StepConfig
 from pydantic_ai.usage import UsageLimits
+from sqlalchemy.exc import SQLAlchemyError
 
+from .._redact import mask_url
 from ..errors import (
     ExecutionCompletedError,
     ExecutionConflictError,
     ExecutionNotFoundError,
+    StorageUnavailableError,
     UserError,
 )
 from ..records import ExecutionStatus
@@ -100,6 +103,12 @@ class DBOSEngine(Engine):
     def launch(self) -> None:
         """Launch DBOS in this process (recovering PENDING runs of the same application version)."""
         runtime.ensure_launched(self.runtime_key)
+
+    def _queue_client(self) -> DBOSClient:
+        """A client on the system database, launched or not: enqueueing is a client's job."""
+        if self._client is None:
+            self._client = runtime.open_client(self.database_url)
+        return self._client
 
     def _api(self) -> Any:
         """DBOS itself when this process runs it on our database, else a client (no workflow runs here)."""
@@ -174,6 +183,28 @@ class DBOSEngine(Engine):
                     "boundary."
                 )
             options["model"] = run_kwargs["model"]
+        queue = self.options.dbos_queue
+        if queue:  # a worker (`perdure worker --engine dbos`) dequeues and runs it; nothing runs here
+            try:
+                if await self._status(execution_id) is not None:
+                    return execution_id
+            except SQLAlchemyError as err:  # a client does not create DBOS's tables: a worker's launch does
+                raise StorageUnavailableError(
+                    "dbos",
+                    f"cannot enqueue execution {execution_id!r}: the DBOS system database at "
+                    f"{mask_url(self.database_url)} is not ready ({type(err).__name__}). Start a worker "
+                    f"(`perdure worker --engine dbos`) on it first: its launch creates DBOS's tables.",
+                ) from err
+            enqueue: EnqueueOptions = {
+                "workflow_name": WORKFLOW_NAME,
+                "queue_name": queue,
+                "workflow_id": execution_id,
+                "application_name": self.options.dbos_app_name,
+            }
+            if self.options.dbos_application_version:
+                enqueue["app_version"] = self.options.dbos_application_version
+            await self._queue_client().enqueue_async(enqueue, agent_name, prompt, options)
+            return execution_id
         await asyncio.to_thread(self.launch)
         if await self._status(execution_id) is not None:
             return execution_id
@@ -283,6 +314,8 @@ class DBOSEngine(Engine):
         for agent in agents:
             registered_agent(agent_name_of(agent))
         await asyncio.to_thread(self.launch)
+        if self.options.dbos_queue:  # take the runs that clients enqueue there
+            await runtime.declare_queue(self.options.dbos_queue)
         try:
             await asyncio.Event().wait()
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -131,3 +132,73 @@ def test_non_idempotent_call_in_flight_is_not_rerun(tmp_path: Path) -> None:
     assert "'crash-3'" in error and "'charge'" in error and "'call-2'" in error
     assert "DBOS.fork_workflow('crash-3', start_step=" in error
     assert [line.split()[1] for line in worker.lines(worker.ledger)] == ["0", "1", "2"]  # charged once
+
+
+def test_a_queued_run_is_taken_by_a_worker_process_and_survives_its_sigkill(tmp_path: Path) -> None:
+    """`PERDURE_DBOS_QUEUE`: the client only enqueues; `perdure worker --engine dbos` runs the run.
+
+    The first worker is SIGKILLed mid-run; a second worker recovers the run; the client, which never
+    launched DBOS, gets the result. Every tool call and model request ran once.
+    """
+    worker = Worker(
+        tmp_path, CALLS="6", TOOL_SLEEP="0.1", QUEUE="perdure-test", PERDURE_DBOS_QUEUE="perdure-test"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "perdure.cli",
+        "worker",
+        "--app",
+        "dbos_app:agent",
+        "--dbos-url",
+        worker.url,
+    ]
+
+    def serve() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, env=worker.env, cwd=APP.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    early = worker.start("enqueue", "queued-0")  # before any worker created DBOS's tables: a clear error
+    _, early_err = early.communicate(timeout=60)
+    assert (
+        early.returncode != 0 and "is not ready" in early_err and "perdure worker --engine dbos" in early_err
+    )
+
+    first = serve()
+    database = tmp_path / "dbos.sqlite"
+    deadline = time.monotonic() + 30
+    while True:  # the worker's launch created the tables (and registers the queue right after)
+        try:
+            with sqlite3.connect(database) as conn:
+                conn.execute("SELECT 1 FROM workflow_status LIMIT 1").fetchall()
+            break
+        except sqlite3.Error:
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.05)
+    client = worker.start("enqueue", "queued-1")
+    try:
+        worker.kill_after(first, ledger_lines=3, settle=0.05)
+        second = serve()
+        try:
+            out, err = client.communicate(timeout=90)
+            assert client.returncode == 0, err[-3000:]
+            result = json.loads(out.strip().splitlines()[-1])
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.communicate(timeout=30)
+    finally:
+        for proc in (first, client):
+            if proc.poll() is None:
+                proc.kill()
+    assert result["status"] == "completed" and result["output"] == "finished 6 calls"
+    assert result["launched_here"] is False  # the client ran nothing itself
+    calls = Counter(line.rsplit(" ", 1)[0] for line in worker.lines(worker.ledger))
+    # steps 0 and 1 were recorded before step 2 even started: never again; step 2 wrote its ledger
+    # line just before the kill and may not have been recorded (idempotent: once more at most);
+    # steps 3-5 had not written anything: once each
+    assert [calls[f"step {i}"] for i in (0, 1, 3, 4, 5)] == [1, 1, 1, 1, 1], calls
+    assert calls["step 2"] in (1, 2) and len(calls) == 6, calls
+    requests = Counter(worker.lines(worker.requests))
+    assert [requests[str(i)] for i in range(3)] == [1, 1, 1], requests  # answered before the kill
+    assert set(requests) == {str(i) for i in range(7)} and max(requests.values()) <= 2, requests
