@@ -18,7 +18,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from perdure.durable.capability import PerdureDurability
 from support.temporal_app import _append, _returns
 
-__all__ = ["STEPS", "agent"]
+__all__ = ["STEPS", "agent", "charging"]
 
 STEPS = 6
 
@@ -27,7 +27,8 @@ def _respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     done = len(_returns(messages))
     _append("PERDURE_TEST_REQUESTS", f"request {done}")
     if done < STEPS:
-        return ModelResponse(parts=[ToolCallPart("step", {"i": done}, tool_call_id=f"call-{done}")])
+        tool = "charge" if info.function_tools and info.function_tools[0].name == "charge" else "step"
+        return ModelResponse(parts=[ToolCallPart(tool, {"i": done}, tool_call_id=f"call-{done}")])
     return ModelResponse(parts=[TextPart(f"done {done}")])
 
 
@@ -42,3 +43,16 @@ async def step(i: int) -> str:
     _append("PERDURE_TEST_LEDGER", f"tool {i}")
     await asyncio.sleep(float(os.environ.get("PERDURE_TEST_STEP_SECONDS", "0.4")))
     return f"ok {i}"
+
+
+charging = Agent(
+    FunctionModel(_respond, model_name="charge-model"), name="charging", capabilities=[PerdureDurability()]
+)
+
+
+@charging.tool_plain(metadata={"perdure": {"idempotent": False}})
+async def charge(i: int) -> str:
+    """A side effect that must never happen twice (perdure runs it at most once on Temporal)."""
+    _append("PERDURE_TEST_LEDGER", f"charge {i}")
+    await asyncio.sleep(float(os.environ.get("PERDURE_TEST_STEP_SECONDS", "0.4")))
+    return f"charged {i}"

@@ -165,8 +165,8 @@ async def run_memo(execution: WorkflowExecution) -> RunMemo | None:
 
 
 def error_text(error: BaseException) -> str:
-    """One line from a Temporal failure chain: the innermost cause's type and message."""
-    while error.__cause__ is not None:
+    """One line from a Temporal failure chain: perdure's own failure if any, else the innermost cause."""
+    while error.__cause__ is not None and not str(getattr(error, "type", "") or "").startswith("Perdure"):
         error = error.__cause__
     message = getattr(error, "message", None) or str(error)
     kind = getattr(error, "type", None) or type(error).__name__

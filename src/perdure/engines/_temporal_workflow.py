@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic_ai import RunContext
@@ -160,6 +161,20 @@ class ContinueAsNewWhenLong(AbstractCapability[Any]):
         return request_context
 
 
+def _interrupted(error: ActivityError) -> BaseException:
+    """A tool activity lost with its worker and not retried (`idempotent=False`): a clear failure."""
+    if not isinstance(error.cause, ActivityTimeoutError) or "call_tool" not in error.activity_type:
+        return error
+    return ApplicationError(
+        f"Execution {workflow.info().workflow_id!r}: a tool call ({error.activity_type}, activity "
+        f"{error.activity_id}) timed out with no attempt left, e.g. its worker died during the call. "
+        f"Tools marked idempotent=False run at most once on Temporal, so perdure does not run it again: "
+        f"check the external system, then start a new execution.",
+        type="PerdureNonIdempotentInterrupted",
+        non_retryable=True,
+    )
+
+
 def _with_deferred(output_type: Any) -> Any:
     """The agent's output types plus `DeferredToolRequests`, so approval-gated tools pause the run."""
     items = (
@@ -208,15 +223,18 @@ class PerdureAgentWorkflow:
         requests = self._requests_before = request.requests
         runner: Any = agent  # run's overloads over output types are too many for mypy to check
         while True:
-            result = await runner.run(
-                prompt,
-                message_history=history,
-                deferred_tool_results=results,
-                output_type=output_type,
-                model=request.model,
-                model_settings=request.model_settings,
-                usage_limits=limits,
-            )
+            try:
+                result = await runner.run(
+                    prompt,
+                    message_history=history,
+                    deferred_tool_results=results,
+                    output_type=output_type,
+                    model=request.model,
+                    model_settings=request.model_settings,
+                    usage_limits=limits,
+                )
+            except ActivityError as error:
+                raise _interrupted(error) from error
             requests += result.usage.requests
             self._requests_before = requests
             output = result.output

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.crash
 _KILL_AFTER = 3  # ledger lines (tool executions) before the kill
 
 
-def _start_worker(address: str, queue: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(address: str, queue: str, log: Path, app: str = "agent") -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
@@ -47,7 +47,7 @@ def _start_worker(address: str, queue: str, log: Path) -> subprocess.Popen[bytes
         "PERDURE_TEST_STEP_SECONDS": "0.4",
     }
     command = [sys.executable, "-m", "perdure.cli", "worker", "--engine", "temporal"]
-    command += ["--address", address, "--task-queue", queue, "--app", "support.temporal_crash_app:agent"]
+    command += ["--address", address, "--task-queue", queue, "--app", f"support.temporal_crash_app:{app}"]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, cwd=TESTS, stdout=out, stderr=subprocess.STDOUT)
 
@@ -111,3 +111,36 @@ async def test_sigkill_mid_run_then_new_worker_finishes_without_redoing_finished
     # at most the one unit in flight at the kill ran twice; everything after it ran once
     assert sum(tools.values()) - steps <= 1
     assert sum(requests.values()) - (steps + 1) <= 1
+
+
+async def test_a_non_idempotent_tool_in_flight_at_the_kill_is_not_run_again(
+    temporal_env: str, temporal_address: str, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """`idempotent=False` tools get one activity attempt: the call lost with its worker fails the run."""
+    crash_app = importlib.import_module("support.temporal_crash_app")
+    engine = get_engine("temporal")
+    assert isinstance(engine, TemporalEngine)
+    log = tmp_path / "workers.log"
+    execution_id = f"charge-{uuid.uuid4().hex[:12]}"
+    first = _start_worker(address=temporal_address, queue=temporal_env, log=log, app="charging")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await engine.start_agent(crash_app.charging, "charge", execution_id=execution_id)
+        deadline = time.monotonic() + 30
+        while len(lines(files["ledger"])) < 2:
+            assert first.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the first worker never ran two tool calls"
+            await asyncio.sleep(0.01)
+        os.kill(first.pid, signal.SIGKILL)  # `charge 1` is in flight: it sleeps after its ledger line
+        first.wait(timeout=10)
+        second = _start_worker(address=temporal_address, queue=temporal_env, log=log, app="charging")
+        run = await asyncio.wait_for(engine.result(execution_id), timeout=45)
+    finally:
+        _stop(first)
+        if second is not None:
+            _stop(second)
+        await engine.close()
+
+    assert run.status is ExecutionStatus.FAILED
+    assert run.error is not None and "idempotent=False run at most once" in run.error, run.error
+    assert lines(files["ledger"]) == ["charge 0", "charge 1"]  # never twice, nothing after the lost call
