@@ -26,7 +26,6 @@ __all__ = [
     "error_text",
     "execution_info",
     "perdure_status",
-    "resolved_seconds",
     "retry_policy",
     "run_input",
     "run_memo",
@@ -34,16 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("perdure.engines.temporal")
-
-
-def resolved_seconds(options: EngineOptions, field: str) -> float | None:
-    """An optional timeout of the options (None: the engine's default).
-
-    `EngineOptions.from_settings` fills them from `PERDURE_TEMPORAL_*` settings, so
-    `perdure worker --engine temporal` is tuned without command-line flags.
-    """
-    value: float | None = getattr(options, field)
-    return value
 
 
 RUN_KWARGS = ("model", "model_settings", "usage_limits")
@@ -103,8 +92,8 @@ def activity_configs(
     options: EngineOptions, retry: RetryPolicy | None, tool_retry: RetryPolicy | None
 ) -> tuple[ActivityConfig, ActivityConfig]:
     """The base (tool) and model activity configs of `TemporalDurability` for these options and policies."""
-    timeout = resolved_seconds(options, "temporal_activity_timeout") or 60.0
-    heartbeat = resolved_seconds(options, "temporal_heartbeat_timeout")
+    timeout = options.temporal_activity_timeout or 60.0
+    heartbeat = options.temporal_heartbeat_timeout
     base = ActivityConfig(start_to_close_timeout=timedelta(seconds=timeout))
     model = ActivityConfig()
     if heartbeat is not None:

@@ -26,7 +26,6 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from ..durable.capability import tool_step_config
 from ..errors import UserError
 from ._base import EngineOptions
-from ._temporal_map import resolved_seconds
 from ._temporal_workflow import PerdureAgentWorkflow, register_agent
 
 __all__ = ["at_most_once", "build_worker"]
@@ -72,7 +71,7 @@ def build_worker(client: Client, options: EngineOptions, agents: Sequence[Abstra
         assert durability is not None  # AgentPlugin checked it
         register_agent(durability.name, agent)
         at_most_once(agent)
-    sticky = resolved_seconds(options, "temporal_sticky_queue_timeout")
+    sticky = options.temporal_sticky_queue_timeout
     runner = SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules("perdure")
     )
